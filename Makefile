@@ -1,0 +1,63 @@
+# Cove: `make run` sets everything up and starts Cove; `make test` runs every test.
+# Both work on a fresh Debian 12 machine as root (they install what is missing).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export COVE_HOME ?= $(HOME)/.cove
+
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools kmod \
+	busybox-static ca-certificates iproute2 python3-venv docker-registry \
+	xvfb xauth stalonetray libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
+	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
+	libxcb-xinerama0 libxcb-image0 libdbus-1-3 libfontconfig1
+
+.PHONY: run test deps venv image lint typecheck unit integration ui bench clean
+
+run: deps venv image
+	$(BIN)/python -m desktop.demo
+
+test: deps venv image lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider tests
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)"; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v docker >/dev/null || { echo "the docker CLI is missing (apt-get install docker-cli or docker.io)"; exit 1; }
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+image: venv
+	$(BIN)/python -m vm_image build
+
+lint: venv
+	$(BIN)/ruff check desktop guest_engine vm_image tests benchmarks
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
+
+integration: venv image
+	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
+
+bench: deps venv image
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

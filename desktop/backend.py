@@ -1,0 +1,478 @@
+"""The backend: one long-lived process per instance that owns the VM.
+
+`cove start` launches it detached (`cove backend --instance NAME`). It boots the VM
+through a driver, keeps the guest link's control channel (reconnecting when it drops),
+serves the engine socket and the control API, pushes the host's clock, and records every
+state change as an event (JSON lines in ``events.log``, and live to control clients):
+
+    starting -> running <-> degraded -> stopping -> stopped
+                       \\-> error (with a reason) -> stopped
+
+`Backend.run` returns when the VM is gone and everything it opened is closed again
+(sockets, pid file), whichever way it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import vm_image
+from desktop import context, pidfile
+from desktop.control import ControlError
+from desktop.drivers import DriverError, VMSpec
+from desktop.drivers.qemu import QemuDriver, free_port
+from desktop.instance import Instance, Settings, SettingsError, remove_socket
+from desktop.link import AgentError, ControlChannel, Link, LinkError
+from guest_engine import relay
+
+log = logging.getLogger(__name__)
+
+AGENT_TIMEOUT = 120.0  # power-on to the agent's hello (TCG first boot: ~10 s here)
+ENGINE_TIMEOUT = 180.0  # hello to the engine answering
+TIME_PUSH_INTERVAL = 10.0
+STOP_AGENT_TIMEOUT = 90.0  # the agent stops containers with their own timeouts
+STOP_ACPI_TIMEOUT = 20.0
+
+
+class StartError(Exception):
+    """The VM or the engine did not come up; the message says why."""
+
+
+def _listen_unix(path: Path) -> socket.socket:
+    remove_socket(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+    try:
+        s.bind(str(path))
+    finally:
+        os.umask(old)
+    s.listen(64)
+    return s
+
+
+class EventLog:
+    """Appends events to events.log and hands them to live subscribers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.history: list[dict[str, Any]] = []
+        self._subs: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
+        ev = {"time": round(time.time(), 3), "event": kind, **fields}
+        line = json.dumps(ev)
+        with self._lock:
+            self.history.append(ev)
+            del self.history[:-500]
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+            subs = list(self._subs)
+        for s in subs:
+            try:
+                s.sendall(line.encode() + b"\n")
+            except OSError:
+                self.unsubscribe(s)
+        log.info("event %s", line)
+        return ev
+
+    def subscribe(self, s: socket.socket, history: bool) -> None:
+        with self._lock:
+            if history:
+                for ev in self.history:
+                    s.sendall(json.dumps(ev).encode() + b"\n")
+            self._subs.append(s)
+
+    def unsubscribe(self, s: socket.socket) -> None:
+        with self._lock:
+            if s in self._subs:
+                self._subs.remove(s)
+
+    def close(self) -> None:
+        with self._lock:
+            subs, self._subs = self._subs, []
+        for s in subs:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+class Backend:
+    def __init__(self, instance: Instance) -> None:
+        self.inst = instance
+        self.settings: Settings = instance.load_settings()
+        self.events = EventLog(instance.events_log)
+        self.state = "stopped"
+        self.reason = ""
+        self.started_at: float | None = None
+        self.running_at: float | None = None
+        self.driver: QemuDriver | None = None
+        self.spec: VMSpec | None = None
+        self.link: Link | None = None
+        self.channel: ControlChannel | None = None
+        self.agent_hello: dict[str, Any] = {}
+        self.engine_version = ""
+        self.guest_ports: list[dict[str, Any]] = []
+        self._engine_up = threading.Event()
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._listeners: list[socket.socket] = []
+        self._last_time_push = 0.0
+
+    # -- state -----------------------------------------------------------------------
+
+    def set_state(self, state: str, **fields: Any) -> None:
+        self.state = state
+        if state == "error":
+            self.reason = str(fields.get("reason", ""))
+        self.events.emit(state, **fields)
+
+    def status(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "state": self.state,
+            "instance": self.inst.name,
+            "docker_host": f"unix://{self.inst.docker_socket}",
+            "context": self.inst.context_name,
+            "engine_version": self.engine_version,
+            "agent_version": self.agent_hello.get("agent_version", ""),
+            "kernel": self.agent_hello.get("kernel", ""),
+            "cpus": s.cpus,
+            "memory": s.memory_mib * 2**20,
+            "disk": s.disk_gib * 2**30,
+            "arch": s.arch,
+            "accel": self.driver.accel if self.driver else "",
+            "accel_notes": self.driver.accel_notes if self.driver else [],
+            "uptime": round(time.time() - self.running_at, 1) if self.running_at else 0,
+            "pid": os.getpid(),
+            "qemu_pid": self.driver.pid() if self.driver else None,
+            "reason": self.reason,
+            "ports": self.guest_ports,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Boot, serve until asked to stop or the VM ends, clean up. Returns an exit code."""
+        inst = self.inst
+        inst.ensure_folder()
+        live = pidfile.read_live(inst.pid_file)
+        if live is not None and live != os.getpid():
+            log.error("a backend for %s already runs (pid %d)", inst.name, live)
+            return 3
+        pidfile.write(inst.pid_file)
+        code = 0
+        try:
+            self._serve_unix(inst.control_socket, self._handle_control, "control")
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, lambda *_: self.request_stop("signal"))
+            self.started_at = time.time()
+            try:
+                self._boot()
+            except (StartError, DriverError, SettingsError, vm_image.BuildError) as e:
+                self.set_state("error", reason=str(e))
+                code = 1
+                self._stop.set()
+            if not self._stop.is_set():
+                self._serve_until_stopped()
+        finally:
+            self._shutdown()
+            self.set_state("stopped")
+            self.events.close()
+            for s in self._listeners:
+                s.close()
+            for p in (inst.control_socket, inst.docker_socket):
+                try:
+                    remove_socket(p)
+                except SettingsError:
+                    pass
+            pidfile.remove_if_ours(inst.pid_file)
+        return code
+
+    def _boot(self) -> None:
+        inst, s = self.inst, self.settings
+        self.set_state("starting", step="image")
+        image = vm_image.find_image(s.arch)
+        if image is None:
+            raise StartError(
+                f"no guest image for {s.arch} matches this version of Cove; "
+                f"build it with `cove image build --arch {s.arch}` (as root)"
+            )
+        token = secrets.token_hex(32)
+        old = os.umask(0o177)
+        try:
+            inst.boot_config.unlink(missing_ok=True)
+            inst.boot_config.write_text(json.dumps({"token": token, "network": "user"}))
+        finally:
+            os.umask(old)
+        self.spec = VMSpec(
+            name=inst.name, folder=inst.folder, kernel=image.kernel,
+            initramfs=image.initramfs, root_image=image.root, data_disk=inst.data_disk,
+            boot_config=inst.boot_config, cpus=s.cpus, memory_mib=s.memory_mib,
+            disk_gib=s.disk_gib, arch=s.arch, link_port=free_port(),
+        )
+        self.driver = QemuDriver(s.arch, accel_cache=inst.home / "accel.json")
+        self.set_state("starting", step="disk")
+        self.driver.create(self.spec)
+        self.set_state("starting", step="vm", image=image.key)
+        self.driver.start(self.spec)
+        threading.Thread(target=self._watch_vm, daemon=True, name="vm-watch").start()
+        self.set_state("starting", step="agent", accel=self.driver.accel,
+                       accel_notes=self.driver.accel_notes)
+        self.link = Link("127.0.0.1", self.spec.link_port, token)
+        self.channel = ControlChannel(self.link, self._on_agent_event, self._on_link_state)
+        if not self.channel.wait_connect(AGENT_TIMEOUT, alive=self._vm_alive):
+            raise StartError("the guest agent did not answer " + self._why_not_up())
+        self.set_state("starting", step="engine",
+                       agent_version=self.agent_hello.get("agent_version"))
+        deadline = time.monotonic() + ENGINE_TIMEOUT
+        while not self._engine_up.wait(0.2):
+            if not self._vm_alive() or time.monotonic() > deadline or self._stop.is_set():
+                raise StartError("the engine did not start " + self._why_not_up())
+        self._push_time()
+        self._serve_unix(inst.docker_socket, self._forward_docker, "docker")
+        self._activate_context()
+        self.running_at = time.time()
+        self.set_state("running", engine_version=self.engine_version,
+                       seconds=round(self.running_at - (self.started_at or 0), 1))
+
+    def _why_not_up(self) -> str:
+        if not self._vm_alive():
+            return "(the VM stopped); the guest's last lines:\n" + self.serial_tail()
+        return "in time; the guest's last lines:\n" + self.serial_tail()
+
+    def serial_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.inst.serial_log.read_text(errors="replace")
+        except OSError:
+            return "(no serial log)"
+        keep = [ln for ln in text.replace("\r", "").splitlines() if ln.strip()]
+        return "\n".join(keep[-lines:])
+
+    def _vm_alive(self) -> bool:
+        return self.driver is not None and self.driver.status() == "running"
+
+    def _watch_vm(self) -> None:
+        assert self.driver is not None
+        self.driver.wait(None)  # type: ignore[arg-type]
+        if not self._stop.is_set():
+            self.set_state("error", reason="the VM stopped unexpectedly; the guest's last "
+                           "lines:\n" + self.serial_tail())
+            self.request_stop("the VM stopped")
+
+    def _serve_until_stopped(self) -> None:
+        while not self._stop.wait(1.0):
+            self._maybe_push_time()
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    def _shutdown(self) -> None:
+        """Agent shutdown, then ACPI powerdown, quit, kill: each with a timeout."""
+        d = self.driver
+        if d is None or d.status() == "stopped":
+            return
+        self.set_state("stopping", reason=self._stop_reason)
+        if self.channel is not None and self.channel.connected.is_set():
+            try:
+                self.channel.request("shutdown", timeout=10)
+            except LinkError as e:
+                log.warning("agent shutdown request failed: %s", e)
+            if d.wait(STOP_AGENT_TIMEOUT):
+                self._close_channel()
+                return
+            log.warning("the guest did not power off in %.0f s", STOP_AGENT_TIMEOUT)
+        self._close_channel()
+        d.stop(STOP_ACPI_TIMEOUT)
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+
+    # -- agent events ----------------------------------------------------------------
+
+    def _on_agent_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        if kind == "hello":
+            self.agent_hello = ev
+            if ev.get("engine_state") == "running":
+                self.engine_version = ev.get("engine_version", "")
+        elif kind == "engine":
+            st = ev.get("state")
+            if st == "running":
+                self.engine_version = ev.get("version", self.engine_version)
+                self._engine_up.set()
+                if self.state == "degraded":
+                    self.set_state("running", engine_version=self.engine_version)
+            elif st == "restarting" and self.state == "running":
+                self.set_state("degraded", reason=ev.get("reason", "the engine restarts"))
+        elif kind == "ports":
+            if ev.get("snapshot"):
+                self.guest_ports = []
+            removed = {json.dumps(p, sort_keys=True) for p in ev.get("removed", [])}
+            self.guest_ports = [p for p in self.guest_ports
+                                if json.dumps(p, sort_keys=True) not in removed]
+            self.guest_ports += ev.get("added", [])
+            self.events.emit("ports", added=ev.get("added", []),
+                             removed=ev.get("removed", []))
+
+    def _on_link_state(self, up: bool) -> None:
+        if up or self._stop.is_set():
+            return
+        if self.state == "running":
+            self.set_state("degraded", reason="the guest link dropped; reconnecting")
+        threading.Thread(target=self._reconnect, daemon=True, name="reconnect").start()
+
+    def _reconnect(self) -> None:
+        assert self.channel is not None
+        up = self.channel.wait_connect(
+            3600, alive=lambda: self._vm_alive() and not self._stop.is_set())
+        if up and self.state == "degraded" and self._engine_up.is_set():
+            self.set_state("running", engine_version=self.engine_version)
+
+    # -- time ------------------------------------------------------------------------
+
+    def _push_time(self) -> None:
+        if self.channel is None or not self.channel.connected.is_set():
+            return
+        try:
+            self.channel.request("set_time", ns=time.time_ns(), timeout=5)
+        except LinkError as e:
+            log.debug("time push failed: %s", e)
+        self._last_time_push = time.monotonic()
+        self._last_wall = time.time()
+
+    def _maybe_push_time(self) -> None:
+        """Every 10 s, and at once when the wall clock jumped (or the host slept)."""
+        now_m, now_w = time.monotonic(), time.time()
+        expected = getattr(self, "_last_wall", now_w) + (now_m - self._last_time_push)
+        jumped = abs(now_w - expected) > 1.0
+        if jumped or now_m - self._last_time_push >= TIME_PUSH_INTERVAL:
+            self._push_time()
+
+    # -- sockets ---------------------------------------------------------------------
+
+    def _serve_unix(self, path: Path, handler: Any, name: str) -> None:
+        s = _listen_unix(path)
+        self._listeners.append(s)
+
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except OSError:
+                    return
+                threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=loop, daemon=True, name=f"{name}-accept").start()
+
+    def _forward_docker(self, conn: socket.socket) -> None:
+        assert self.link is not None
+        try:
+            up = self.link.open("docker")
+        except LinkError as e:
+            log.warning("engine connection failed: %s", e)
+            conn.close()
+            return
+        relay.pipe(conn, up)
+
+    def _activate_context(self) -> None:
+        inst = self.inst
+        context.create(inst.context_name, f"unix://{inst.docker_socket}",
+                       f"Cove ({inst.name})")
+        if not (inst.folder / "no-activate").exists():
+            context.use(inst.context_name, remember=inst.folder / "previous-context")
+
+    def _handle_control(self, conn: socket.socket) -> None:
+        rfile = conn.makefile("rb")
+        try:
+            line = rfile.readline()
+            if not line:
+                return
+            try:
+                req = json.loads(line)
+                op = req["op"]
+            except (ValueError, KeyError, TypeError):
+                conn.sendall(b'{"ok": false, "error": "a request is a JSON object with op"}\n')
+                return
+            if op == "events":
+                self.events.subscribe(conn, bool(req.get("history", True)))
+                # Keep the connection until the client or the backend closes it.
+                while rfile.readline():
+                    pass
+                self.events.unsubscribe(conn)
+                return
+            try:
+                reply = {"ok": True, "result": self._control_op(op, req)}
+            except (ControlError, LinkError, SettingsError, ValueError) as e:
+                reply = {"ok": False, "error": str(e)}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _control_op(self, op: str, req: dict[str, Any]) -> Any:
+        if op == "ping":
+            return "pong"
+        if op == "status":
+            return self.status()
+        if op == "stop":
+            self.request_stop(str(req.get("reason", "requested")))
+            return "stopping"
+        if op in ("logs", "engine_config", "agent_status"):
+            if self.channel is None or not self.channel.connected.is_set():
+                raise ControlError("the guest agent is not connected")
+            if op == "logs":
+                return self.channel.request("logs", name=req.get("name", "dockerd"),
+                                            lines=int(req.get("lines", 200)))
+            if op == "agent_status":
+                return self.channel.request("status")
+            try:
+                result = self.channel.request("engine_config", config=req.get("config"),
+                                              timeout=180)
+            except AgentError as e:
+                raise ControlError(f"the engine refused the config: {e}") from e
+            self.settings.engine_config = req.get("config") or {}
+            self.inst.save_settings(self.settings)
+            return result
+        if op == "ports":
+            return self.guest_ports
+        raise ControlError(f"unknown op {op!r}")
+
+
+def main(instance: str) -> int:
+    inst = Instance(instance)
+    inst.ensure_folder()
+    handler = logging.FileHandler(inst.backend_log)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        return Backend(inst).run()
+    except SettingsError as e:
+        log.error("%s", e)
+        return 2
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": round(record.created, 3), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)

@@ -1,0 +1,442 @@
+"""The `cove` command line.
+
+Every command exits 0 on success and otherwise prints one line, ``cove: error: ...``,
+naming the problem and the fix (after any guest log lines that explain it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from desktop import __version__, context, pidfile
+from desktop.control import ControlClient, ControlError
+from desktop.instance import (
+    DEFAULT_INSTANCE,
+    GIB,
+    MIB,
+    Instance,
+    SettingsError,
+    parse_size,
+)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _instance(args: argparse.Namespace) -> Instance:
+    return Instance(args.instance)
+
+
+def _client(inst: Instance) -> ControlClient:
+    return ControlClient(inst.control_socket)
+
+
+def backend_pid(inst: Instance) -> int | None:
+    return pidfile.read_live(inst.pid_file)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- start -------------------------------------------------------------------------------
+
+
+def _apply_flags(inst: Instance, args: argparse.Namespace) -> bool:
+    """Fold --cpus/--memory/--disk into the settings; True if anything changed."""
+    settings = inst.load_settings()
+    before = settings.to_json()
+    if args.cpus is not None:
+        settings.cpus = args.cpus
+    if args.memory is not None:
+        settings.memory_mib = parse_size(args.memory, "--memory", GIB) // MIB
+    if args.disk is not None:
+        disk_gib = parse_size(args.disk, "--disk", GIB) // GIB
+        if inst.data_disk.exists() and disk_gib < settings.disk_gib:
+            raise SettingsError(
+                f"--disk: the data disk can only grow (it is {settings.disk_gib}G now)"
+            )
+        settings.disk_gib = disk_gib
+    settings.validate()
+    changed = settings.to_json() != before
+    if changed or not inst.settings_file.exists():
+        inst.save_settings(settings)
+    return changed
+
+
+def _ensure_image(arch: str) -> None:
+    import vm_image
+
+    if vm_image.find_image(arch) is not None:
+        return
+    if os.geteuid() != 0:
+        raise CliError(
+            f"the {arch} guest image is not built yet; build it once as root: "
+            f"sudo cove image build --arch {arch}"
+        )
+    _say(f"building the {arch} guest image (once; a few minutes)")
+    try:
+        vm_image.build(arch, progress=lambda m: _say(f"  image: {m}"))
+    except vm_image.BuildError as e:
+        raise CliError(f"the guest image could not be built: {e}") from e
+
+
+def spawn_backend(inst: Instance) -> subprocess.Popen:
+    inst.ensure_folder()
+    out = inst.folder / "backend.out"
+    with out.open("ab") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "desktop", "backend", "--instance", inst.name],
+            stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True,
+            close_fds=True,
+        )
+
+
+STEP_TEXT = {
+    "image": "checking the guest image",
+    "disk": "preparing the data disk",
+    "vm": "booting the VM",
+    "agent": "waiting for the guest agent",
+    "engine": "waiting for the Docker engine",
+}
+
+
+def wait_running(inst: Instance, proc: subprocess.Popen | None, quiet: bool = False,
+                 timeout: float = 600) -> dict[str, Any]:
+    """Follow the backend's events until running (returns status) or error (raises)."""
+    client = _client(inst)
+    deadline = time.monotonic() + timeout
+    while not inst.control_socket.exists():
+        if proc is not None and proc.poll() is not None:
+            raise CliError(_backend_died(inst))
+        if time.monotonic() > deadline:
+            raise CliError("the backend did not start; see " + str(inst.backend_log))
+        time.sleep(0.05)
+    error = ""
+    try:
+        for ev in client.events(history=True):
+            kind = ev.get("event")
+            if kind == "starting" and not quiet:
+                step = ev.get("step", "")
+                extra = ""
+                if step == "agent" and ev.get("accel"):
+                    extra = f" (accelerator: {ev['accel']})"
+                    for note in ev.get("accel_notes") or []:
+                        _say(f"  note: {note}; using software emulation (TCG)")
+                _say(f"  {STEP_TEXT.get(step, step)}{extra}")
+            elif kind == "running":
+                return client.request("status")
+            elif kind == "error":
+                error = ev.get("reason", "unknown error")
+            elif kind == "stopped":
+                break
+    except ControlError:
+        pass
+    if error:
+        lines = error.splitlines()
+        if len(lines) > 1:
+            _say("\n".join(lines[1:]))
+        raise CliError(lines[0])
+    raise CliError(_backend_died(inst))
+
+
+def _backend_died(inst: Instance) -> str:
+    try:
+        tail = (inst.folder / "backend.out").read_text().strip().splitlines()[-3:]
+    except OSError:
+        tail = []
+    return "the backend stopped before the engine was up" + (
+        ": " + " / ".join(tail) if tail else f"; see {inst.backend_log}")
+
+
+def engine_info(inst: Instance) -> dict[str, Any]:
+    from guest_engine import dockerapi
+
+    return dockerapi.get_json("/info", path=str(inst.docker_socket), timeout=30)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    inst.ensure_folder()
+    changed = _apply_flags(inst, args)
+    marker = inst.folder / "no-activate"
+    if args.no_activate:
+        marker.touch()
+    else:
+        marker.unlink(missing_ok=True)
+    if backend_pid(inst) is not None:
+        st = _client(inst).request("status")
+        msg = f"Cove ({inst.name}) is already {st['state']}"
+        if changed:
+            msg += "; the new settings apply after `cove restart`"
+        print(msg)
+        return 0
+    settings = inst.load_settings()
+    _ensure_image(settings.arch)
+    t0 = time.monotonic()
+    _say(f"starting Cove ({inst.name}): {settings.cpus} CPUs, "
+         f"{settings.memory_mib // 1024 if settings.memory_mib >= 1024 else settings.memory_mib}"
+         f"{'G' if settings.memory_mib >= 1024 else 'M'} memory, {settings.disk_gib}G disk")
+    proc = spawn_backend(inst)
+    st = wait_running(inst, proc)
+    info = engine_info(inst)
+    took = time.monotonic() - t0
+    print(f"Cove is running ({took:.1f} s): Docker engine {info.get('ServerVersion')}, "
+          f"{st.get('accel')}; docker context '{inst.context_name}'"
+          + ("" if not args.no_activate else " (not made current)"))
+    return 0
+
+
+# -- stop / restart / status -------------------------------------------------------------
+
+
+def stop_backend(inst: Instance, timeout: float = 180) -> bool:
+    pid = backend_pid(inst)
+    if pid is None:
+        return False
+    try:
+        _client(inst).request("stop")
+    except ControlError:
+        os.kill(pid, 15)
+    deadline = time.monotonic() + timeout
+    while pidfile.read_live(inst.pid_file) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pidfile.read_live(inst.pid_file) == pid:
+        raise CliError(f"the backend (pid {pid}) did not stop in {timeout:.0f} s")
+    return True
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    t0 = time.monotonic()
+    if not stop_backend(inst):
+        print(f"Cove ({inst.name}) is not running")
+        return 0
+    print(f"Cove ({inst.name}) stopped ({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    stop_backend(inst)
+    for name in ("cpus", "memory", "disk"):
+        setattr(args, name, None)
+    args.no_activate = (inst.folder / "no-activate").exists()
+    return cmd_start(args)
+
+
+def status_of(inst: Instance) -> dict[str, Any]:
+    if backend_pid(inst) is not None:
+        try:
+            return _client(inst).request("status", timeout=5)
+        except ControlError:
+            pass
+    s = inst.load_settings()
+    return {"state": "stopped", "instance": inst.name,
+            "docker_host": f"unix://{inst.docker_socket}", "context": inst.context_name,
+            "engine_version": "", "cpus": s.cpus, "memory": s.memory_mib * MIB,
+            "disk": s.disk_gib * GIB, "arch": s.arch, "accel": "", "uptime": 0}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    st = status_of(inst)
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"Cove ({st['instance']}): {st['state']}")
+    if st.get("reason"):
+        print(f"  reason:  {st['reason'].splitlines()[0]}")
+    rows = [("engine", st.get("engine_version") or "-"), ("docker", st["docker_host"]),
+            ("context", st["context"]), ("cpus", st["cpus"]),
+            ("memory", f"{st['memory'] / GIB:.1f} GiB"), ("disk", f"{st['disk'] / GIB:.0f} GiB"),
+            ("accel", st.get("accel") or "-"), ("uptime", f"{st.get('uptime', 0):.0f} s")]
+    for k, v in rows:
+        print(f"  {k + ':':8} {v}")
+    return 0
+
+
+# -- delete / reset ----------------------------------------------------------------------
+
+
+def _confirm(question: str, force: bool) -> None:
+    if force:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{question} Refusing without a terminal to ask; add --force")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise CliError("cancelled")
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    if not inst.exists():
+        print(f"Cove ({inst.name}) does not exist")
+        return 0
+    _confirm(f"Delete instance '{inst.name}' with all its images, containers and volumes?",
+             args.force)
+    stop_backend(inst)
+    context.remove(inst.context_name, inst.folder / "previous-context")
+    shutil.rmtree(inst.folder)
+    print(f"Cove ({inst.name}) deleted")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    _confirm(f"Reset '{inst.name}' to factory defaults? This deletes its data disk (all "
+             "images, containers and volumes) and its settings.", args.force)
+    stop_backend(inst)
+    context.remove(inst.context_name, inst.folder / "previous-context")
+    if inst.exists():
+        shutil.rmtree(inst.folder)
+    inst.ensure_folder()
+    print(f"Cove ({inst.name}) is reset to factory defaults; `cove start` starts it afresh")
+    return 0
+
+
+# -- logs / version ----------------------------------------------------------------------
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    names = [args.name] if args.name else ["backend", "agent", "dockerd", "containerd"]
+    for name in names:
+        if len(names) > 1:
+            print(f"==> {name} <==")
+        if name in ("backend", "serial"):
+            path = inst.backend_log if name == "backend" else inst.serial_log
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                text = ""
+            lines = text.splitlines()[-args.lines:]
+            print("\n".join(_format_backend_line(ln) if name == "backend" else ln
+                            for ln in lines))
+        else:
+            try:
+                print(_client(inst).request("logs", name=name, lines=args.lines))
+            except ControlError as e:
+                print(f"(unavailable: {e})")
+    if args.follow:
+        _follow(inst.backend_log)
+    return 0
+
+
+def _format_backend_line(line: str) -> str:
+    try:
+        e = json.loads(line)
+        ts = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        return f"{ts} {e['level']:7} {e['message']}"
+    except (ValueError, KeyError, TypeError):
+        return line
+
+
+def _follow(path: Path) -> None:
+    with path.open() as f:
+        f.seek(0, os.SEEK_END)
+        try:
+            while True:
+                line = f.readline()
+                if line:
+                    print(_format_backend_line(line.rstrip("\n")), flush=True)
+                else:
+                    time.sleep(0.3)
+        except KeyboardInterrupt:
+            return
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    import platform
+
+    print(f"cove {__version__} (python {platform.python_version()}, {sys.platform})")
+    return 0
+
+
+def cmd_backend(args: argparse.Namespace) -> int:
+    from desktop import backend
+
+    return backend.main(args.instance)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from vm_image import cli as image_cli
+
+    return image_cli.run(args)
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cove", description="Run Linux containers on this "
+                                "computer: a small VM with the Docker engine.")
+    p.add_argument("--version", action="version", version=f"cove {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--instance", "-i", default=os.environ.get("COVE_INSTANCE",
+                        DEFAULT_INSTANCE), help="instance name (default: default)")
+        sp.set_defaults(func=func)
+        return sp
+
+    def positive_int(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{n} is too few; use at least 1")
+        return n
+
+    s = add("start", cmd_start, "start Cove (boots the VM and the engine)")
+    s.add_argument("--cpus", type=positive_int, help="virtual CPUs")
+    s.add_argument("--memory", help="memory, e.g. 4G or 2048M")
+    s.add_argument("--disk", help="data disk size, e.g. 64G (grow only)")
+    s.add_argument("--no-activate", action="store_true",
+                   help="do not make the cove docker context current")
+    add("stop", cmd_stop, "stop Cove (containers are stopped gracefully)")
+    r = add("restart", cmd_restart, "stop and start Cove")
+    r.set_defaults(no_activate=False)
+    st = add("status", cmd_status, "show whether Cove runs, and its resources")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    d = add("delete", cmd_delete, "delete an instance and its data disk")
+    d.add_argument("--force", "-f", action="store_true", help="do not ask")
+    rs = add("reset", cmd_reset, "reset an instance to factory defaults (deletes its data)")
+    rs.add_argument("--force", "-f", action="store_true", help="do not ask")
+    lg = add("logs", cmd_logs, "show the backend's, agent's and engine's logs")
+    lg.add_argument("name", nargs="?", choices=["backend", "agent", "dockerd", "containerd",
+                                                "serial"])
+    lg.add_argument("--follow", "-f", action="store_true")
+    lg.add_argument("--lines", "-n", type=positive_int, default=50)
+    add("version", cmd_version, "print Cove's version")
+    add("backend", cmd_backend, argparse.SUPPRESS)
+    img = sub.add_parser("image", help="build or locate the guest image")
+    from vm_image import cli as image_cli
+
+    image_cli.add_arguments(img)
+    img.set_defaults(func=cmd_image)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, SettingsError, ControlError) as e:
+        print(f"cove: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,135 @@
+"""Hypervisor drivers: one small interface, one module per hypervisor, a registry.
+
+A driver turns a `VMSpec` into a running VM and back. The backend talks only to this
+interface; what a driver can do is described by `Capabilities` flags, never by checking
+its type. `pick()` returns the best driver available on this host (by priority).
+
+Exceptions::
+
+    DriverError            the VM could not be created, started or stopped; the message
+    +-- DiskError          names the problem and the fix
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class DriverError(Exception):
+    """The hypervisor could not do what was asked; the message says why and what to do."""
+
+
+class DiskError(DriverError):
+    """The data disk is unusable (corrupt, has a backing file, cannot be created)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    vsock: bool = False
+    virtiofs: bool = False
+    ninep: bool = False
+    balloon: bool = False
+    hostfwd: bool = False
+    virtio_serial: bool = False
+
+
+@dataclass
+class VMSpec:
+    """Everything a driver needs to boot one instance's VM."""
+
+    name: str
+    folder: Path  # the instance folder: sockets, logs, the data disk
+    kernel: Path
+    initramfs: Path
+    root_image: Path
+    data_disk: Path
+    boot_config: Path  # JSON with the per-boot token; read by the guest via fw_cfg
+    cpus: int = 2
+    memory_mib: int = 2048
+    disk_gib: int = 64
+    arch: str = "amd64"
+    link_port: int = 0  # host port forwarded to the agent (QEMU user networking)
+    ssh_port: int = 0  # host port forwarded to the guest's SSH server
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def serial_log(self) -> Path:
+        return self.folder / "serial.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.folder / "qmp.sock"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.folder / "guest-control.sock"
+
+
+class Driver(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def available(self) -> tuple[bool, str]:
+        """(usable on this host, why not)."""
+        ...
+
+    def create(self, spec: VMSpec) -> None:
+        """Create the data disk if missing and check it; raises DiskError."""
+        ...
+
+    def start(self, spec: VMSpec) -> None:
+        """Boot the VM; returns once the hypervisor runs it (not once the guest is up)."""
+        ...
+
+    def status(self) -> str:
+        """"running", "stopped" or "paused"."""
+        ...
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop politely, then by force (powerdown, quit, kill), each with a timeout."""
+        ...
+
+    def kill(self) -> None: ...
+
+    def delete(self, spec: VMSpec) -> None:
+        """Remove the VM's disk and files (after stop)."""
+        ...
+
+    def link_address(self) -> tuple[str, int]:
+        """Where the host reaches the guest agent (TCP)."""
+        ...
+
+
+_REGISTRY: list[tuple[int, Callable[[], Driver]]] = []
+
+
+def register(priority: int) -> Callable[[Callable[[], Driver]], Callable[[], Driver]]:
+    """Register a driver factory; a higher priority is preferred by `pick`."""
+
+    def deco(factory: Callable[[], Driver]) -> Callable[[], Driver]:
+        _REGISTRY.append((priority, factory))
+        _REGISTRY.sort(key=lambda t: -t[0])
+        return factory
+
+    return deco
+
+
+def pick(name: str | None = None) -> Driver:
+    """The named driver, or the best available one; raises DriverError naming why not."""
+    from desktop.drivers import qemu  # noqa: F401 - registers itself
+
+    reasons = []
+    for _, factory in _REGISTRY:
+        d = factory()
+        if name is not None and d.name != name:
+            continue
+        ok, why = d.available()
+        if ok:
+            return d
+        reasons.append(f"{d.name}: {why}")
+    if name is not None and not reasons:
+        raise DriverError(f"unknown driver {name!r}")
+    raise DriverError("no hypervisor driver is usable here: " + "; ".join(reasons))

@@ -1,0 +1,216 @@
+"""An instance's folder and settings under ``$COVE_HOME``.
+
+One folder per instance (``default`` unless named)::
+
+    $COVE_HOME/<name>/
+      settings.json   resources, engine config, port policy (validated)
+      data.qcow2      the data disk
+      docker.sock     the forwarded engine API (0600)
+      control.sock    the backend's control API (0600)
+      backend.pid     "<pid> <start time>" (a reused pid is not mistaken for ours)
+      boot.json       the per-boot token for the guest (0600, read by QEMU)
+      qmp.sock, serial.log, qemu.log, backend.log, events.log
+
+Settings errors are `SettingsError`, whose message names the field and the fix; a
+settings file that fails validation is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}$")
+SOCKET_PATH_LIMIT = 104  # macOS's sun_path; Linux allows 108
+DEFAULT_INSTANCE = "default"
+MIB = 2**20
+GIB = 2**30
+
+
+class SettingsError(ValueError):
+    """A setting, flag or file is invalid; the message names it and the fix."""
+
+
+def cove_home() -> Path:
+    return Path(os.environ.get("COVE_HOME") or Path.home() / ".cove")
+
+
+def host_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * GIB
+
+
+def host_cpus() -> int:
+    return os.cpu_count() or 1
+
+
+def default_memory_mib() -> int:
+    """Half the host's memory, at most 8 GiB (at least 1 GiB)."""
+    return max(1024, min(host_memory() // 2, 8 * GIB) // MIB)
+
+
+def default_cpus() -> int:
+    return max(1, min(host_cpus(), 4))
+
+
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: str | int, what: str, unit: int = MIB) -> int:
+    """'4G', '4GiB', '512M', '2048' (in `unit`) -> bytes; SettingsError naming `what`."""
+    if isinstance(value, int):
+        return value * unit
+    m = SIZE_RE.match(str(value))
+    if not m:
+        raise SettingsError(
+            f"{what}: {value!r} is not a size; use a number with M or G, e.g. 4G or 512M"
+        )
+    number, suffix = float(m.group(1)), m.group(2).upper()
+    mult = {"": unit, "K": 2**10, "M": MIB, "G": GIB, "T": 2**40}[suffix]
+    return int(number * mult)
+
+
+@dataclass
+class Settings:
+    cpus: int = field(default_factory=default_cpus)
+    memory_mib: int = field(default_factory=default_memory_mib)
+    disk_gib: int = 64
+    arch: str = "amd64"
+    engine_config: dict[str, Any] = field(default_factory=dict)
+    expose_ports_on_all_interfaces: bool = False
+    shares: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1:
+            raise SettingsError(f"cpus: {self.cpus!r} must be a whole number of at least 1")
+        if self.cpus > host_cpus():
+            raise SettingsError(
+                f"cpus: {self.cpus} is more than this computer has ({host_cpus()}); "
+                f"use at most {host_cpus()}"
+            )
+        if not isinstance(self.memory_mib, int) or self.memory_mib < 512:
+            raise SettingsError(f"memory: {self.memory_mib!r} MiB is too little; use at least 512M")
+        total = host_memory() // MIB
+        if self.memory_mib > total:
+            raise SettingsError(
+                f"memory: {self.memory_mib} MiB is more than this computer has ({total} MiB); "
+                f"use at most {total // 1024}G"
+            )
+        if not isinstance(self.disk_gib, int) or not 8 <= self.disk_gib <= 4096:
+            raise SettingsError(f"disk: {self.disk_gib!r} GiB must be between 8G and 4096G")
+        if self.arch not in ("amd64", "arm64"):
+            raise SettingsError(f"arch: {self.arch!r} is not supported; use amd64 or arm64")
+        if not isinstance(self.engine_config, dict):
+            raise SettingsError("engine_config: must be a JSON object (the engine's daemon.json)")
+        if not isinstance(self.expose_ports_on_all_interfaces, bool):
+            raise SettingsError("expose_ports_on_all_interfaces: must be true or false")
+        if not isinstance(self.shares, list) or not all(isinstance(s, str) for s in self.shares):
+            raise SettingsError("shares: must be a list of folder paths")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "settings") -> Settings:
+        if not isinstance(data, dict):
+            raise SettingsError(f"{source}: must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(
+                f"{source}: unknown field {unknown[0]!r}; known fields: {', '.join(sorted(known))}"
+            )
+        s = cls(**data)
+        s.validate()
+        return s
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name or "") or name == "images":
+        raise SettingsError(
+            f"instance name {name!r} is not allowed; use 1-31 lowercase letters, digits, "
+            "'-' or '_', starting with a letter or digit (no '/' or '..')"
+        )
+    return name
+
+
+class Instance:
+    """Paths and settings of one instance."""
+
+    def __init__(self, name: str = DEFAULT_INSTANCE, home: Path | None = None) -> None:
+        self.name = validate_name(name)
+        self.home = home or cove_home()
+        self.folder = self.home / self.name
+        for p in (self.docker_socket, self.control_socket):
+            if len(str(p).encode()) >= SOCKET_PATH_LIMIT:
+                raise SettingsError(
+                    f"the socket path {p} is {len(str(p).encode())} bytes; sockets need "
+                    f"under {SOCKET_PATH_LIMIT}. Set COVE_HOME to a shorter folder"
+                )
+
+    @property
+    def context_name(self) -> str:
+        return "cove" if self.name == DEFAULT_INSTANCE else f"cove-{self.name}"
+
+    settings_file = property(lambda self: self.folder / "settings.json")
+    data_disk = property(lambda self: self.folder / "data.qcow2")
+    docker_socket = property(lambda self: self.folder / "docker.sock")
+    control_socket = property(lambda self: self.folder / "control.sock")
+    pid_file = property(lambda self: self.folder / "backend.pid")
+    boot_config = property(lambda self: self.folder / "boot.json")
+    events_log = property(lambda self: self.folder / "events.log")
+    backend_log = property(lambda self: self.folder / "backend.log")
+    serial_log = property(lambda self: self.folder / "serial.log")
+
+    def exists(self) -> bool:
+        return self.folder.is_dir()
+
+    def ensure_folder(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def load_settings(self) -> Settings:
+        if not self.settings_file.exists():
+            return Settings()
+        try:
+            data = json.loads(self.settings_file.read_text())
+        except ValueError as e:
+            raise SettingsError(
+                f"{self.settings_file} is not valid JSON ({e}); fix it or move it aside "
+                "to start from the defaults"
+            ) from None
+        return Settings.from_json(data, str(self.settings_file))
+
+    def save_settings(self, settings: Settings) -> None:
+        settings.validate()
+        self.ensure_folder()
+        tmp = self.settings_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(settings.to_json(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.settings_file)
+
+
+def remove_socket(path: Path) -> None:
+    """Remove a stale socket; refuses (SettingsError) to delete anything that is not one."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SettingsError(
+            f"{path} exists and is not a socket; Cove will not delete it. Move it away"
+        )
+    path.unlink()
+
+
+def list_instances(home: Path | None = None) -> list[str]:
+    h = home or cove_home()
+    if not h.is_dir():
+        return []
+    return sorted(p.name for p in h.iterdir() if p.is_dir() and NAME_RE.match(p.name)
+                  and p.name != "images")

@@ -1,0 +1,5 @@
+import sys
+
+from guest_engine.agent import main
+
+sys.exit(main())

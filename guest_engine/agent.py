@@ -1,0 +1,326 @@
+"""The agent's main program: boot, serve the link, supervise the engine, power off.
+
+Started by tini as the first real process of the guest (`/sbin/init`). It never returns:
+whatever happens, the VM ends powered off, after a clean unmount when it can.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import logging
+import os
+import platform
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from guest_engine import __version__, boot, dockerapi, engine, protocol, server
+from guest_engine.ports import PortWatcher
+
+log = logging.getLogger("guest_engine")
+
+RB_POWER_OFF = 0x4321FEDC
+KEY_POWER = 116
+EV_KEY = 1
+TIME_DRIFT_NS = 100_000_000  # correct the clock when it is off by more than 100 ms
+TRIM_INTERVAL = 24 * 3600
+
+
+class Agent:
+    def __init__(self, info: boot.BootInfo) -> None:
+        self.info = info
+        self.token = str(info.config.get("token", ""))
+        self.started = time.monotonic()
+        self.agent_start = engine.uptime()
+        self.shutdown_requested = threading.Event()
+        self.shutdown_reason = ""
+        self.link = server.LinkServer(self.token, self)
+        self.engine = engine.Engine(self.link.broadcast)
+        self.ports = PortWatcher(self.link.broadcast, own_ports={protocol.AGENT_PORT, 22})
+        self.time_adjustments = 0
+
+    # -- Controller ------------------------------------------------------------------
+
+    def hello_events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = [{"event": "hello", **self.hello()}]
+        if self.engine.state == "running":
+            events.append({"event": "engine", "state": "running",
+                           "version": self.engine.version, "ready_at": self.engine.ready_at})
+        snapshot = self.ports.snapshot()
+        if snapshot:
+            events.append({"event": "ports", "added": snapshot, "removed": [],
+                           "snapshot": True})
+        return events
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "agent_version": __version__,
+            "engine_version": self.engine.version,
+            "engine_state": self.engine.state,
+            "kernel": platform.release(),
+            "arch": platform.machine(),
+            "image": _read_json("/etc/cove/image.json").get("key", ""),
+            "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+            "agent_start": self.agent_start,
+            "engine_ready_at": self.engine.ready_at,
+            "errors": self.info.errors,
+        }
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "hello":
+            return {"ok": True, "result": self.hello()}
+        if op == "ping":
+            return {"ok": True, "result": "pong"}
+        if op == "status":
+            return {"ok": True, "result": self.status()}
+        if op == "set_time":
+            return {"ok": True, "result": self.set_time(int(req["ns"]))}
+        if op == "engine_config":
+            ok, message = self.engine.apply_config(req.get("config"))
+            return {"ok": ok, "result": message} if ok else {"ok": False, "error": message}
+        if op == "logs":
+            name = req.get("name", "dockerd")
+            if name not in ("dockerd", "containerd", "agent"):
+                return {"ok": False, "error": f"unknown log {name!r}: dockerd, containerd, agent"}
+            return {"ok": True, "result": engine.tail_log(name, int(req.get("lines", 200)))}
+        if op == "ports":
+            return {"ok": True, "result": self.ports.snapshot()}
+        if op == "shutdown":
+            self.request_shutdown("requested by the host")
+            return {"ok": True, "result": "shutting down"}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def status(self) -> dict[str, Any]:
+        mem = _meminfo()
+        st: dict[str, Any] = {
+            **self.hello(),
+            "uptime": engine.uptime(),
+            "load": _read("/proc/loadavg").split()[:3],
+            "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
+            "disk": self.info.disk,
+            "network": self.info.network,
+            "balloon": self.info.balloon,
+            "restarts": {"dockerd": self.engine.dockerd.restarts,
+                         "containerd": self.engine.containerd.restarts},
+            "time_adjustments": self.time_adjustments,
+            "agent_rss": _rss_kib(),
+        }
+        try:
+            vfs = os.statvfs(boot.DATA_MOUNT)
+            st["disk_usage"] = {"size": vfs.f_blocks * vfs.f_frsize,
+                                "free": vfs.f_bavail * vfs.f_frsize}
+        except OSError:
+            pass
+        return st
+
+    def set_time(self, ns: int) -> dict[str, Any]:
+        drift = ns - time.clock_gettime_ns(time.CLOCK_REALTIME)
+        adjusted = abs(drift) > TIME_DRIFT_NS
+        if adjusted:
+            time.clock_settime_ns(time.CLOCK_REALTIME, ns)
+            self.time_adjustments += 1
+            log.info("clock corrected by %.3f s", drift / 1e9)
+        return {"adjusted": adjusted, "drift_ms": round(drift / 1e6, 3)}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def request_shutdown(self, reason: str) -> None:
+        if not self.shutdown_requested.is_set():
+            self.shutdown_reason = reason
+            self.shutdown_requested.set()
+
+    def run(self) -> None:
+        if self.token:
+            iface = self.info.network.get("interface")
+            if iface:
+                try:
+                    boot.guard_port(protocol.AGENT_PORT, iface)
+                except (RuntimeError, OSError) as e:
+                    self.info.errors.append(f"firewall: {e}")
+            self.link.start()
+            for path in _virtio_ports(protocol.CONTROL_PORT_NAME):
+                threading.Thread(target=server.serve_virtio_port, args=(path, self.link),
+                                 daemon=True, name="virtio-control").start()
+        else:
+            log.error("no token: the link stays closed")
+        if self.info.data_device:
+            self.engine.start()
+            self.ports.start()
+            threading.Thread(target=self._trim_daily, daemon=True, name="fstrim").start()
+        else:
+            self.engine.state = "failed"
+            self.engine.error = "no data disk"
+        threading.Thread(target=self._watch_power_button, daemon=True,
+                         name="power-button").start()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPWR):
+            signal.signal(sig, lambda *_: self.request_shutdown("signal"))
+        log.info("agent ready in %.2f s after kernel start", engine.uptime())
+        self.shutdown_requested.wait()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        log.info("shutting down: %s", self.shutdown_reason)
+        self.link.broadcast({"event": "shutdown", "reason": self.shutdown_reason})
+        self.ports.stop()
+        try:
+            self.engine.stop()
+        except Exception:  # noqa: BLE001 - keep going to a clean unmount
+            log.exception("engine stop failed")
+        _kill_all_but_me()
+        if self.info.data_device:
+            log.info("trim: %s", boot.fstrim())
+            boot.unmount_data_disk()
+        log.info("powering off")
+        power_off()
+
+    def _trim_daily(self) -> None:
+        while not self.shutdown_requested.wait(TRIM_INTERVAL):
+            log.info("daily trim: %s", boot.fstrim())
+
+    def _watch_power_button(self) -> None:
+        """The ACPI power button (QMP system_powerdown) starts a clean shutdown."""
+        device = _power_button_device()
+        if device is None:
+            log.info("no power button device")
+            return
+        fmt = "llHHi"
+        size = struct.calcsize(fmt)
+        with open(device, "rb") as f:
+            while True:
+                data = f.read(size)
+                if len(data) < size:
+                    return
+                _, _, etype, code, value = struct.unpack(fmt, data)
+                if etype == EV_KEY and code == KEY_POWER and value == 1:
+                    self.request_shutdown("ACPI power button")
+
+
+def _power_button_device() -> str | None:
+    try:
+        text = Path("/proc/bus/input/devices").read_text()
+    except OSError:
+        return None
+    for block in text.split("\n\n"):
+        if 'Name="Power Button"' in block:
+            for line in block.splitlines():
+                if line.startswith("H: Handlers="):
+                    for h in line.split("=", 1)[1].split():
+                        if h.startswith("event"):
+                            return f"/dev/input/{h}"
+    return None
+
+
+def _virtio_ports(name: str) -> list[str]:
+    out = []
+    for p in glob.glob("/sys/class/virtio-ports/*/name"):
+        if _read(p) == name:
+            out.append("/dev/" + Path(p).parent.name)
+    return out
+
+
+def _kill_all_but_me() -> None:
+    me = os.getpid()
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    targets = [p for p in pids if p not in (1, me) and _read(f"/proc/{p}/cmdline")]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in targets:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(_alive(p) for p in targets):
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def power_off() -> None:
+    os.sync()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.reboot(RB_POWER_OFF)
+    # Only reached without CAP_SYS_BOOT (tests): exit instead.
+    os._exit(0)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip().rstrip("\0")
+    except OSError:
+        return ""
+
+
+def _read_json(path: str) -> dict:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    for line in _read("/proc/meminfo").splitlines():
+        k, _, v = line.partition(":")
+        parts = v.split()
+        if parts:
+            out[k] = int(parts[0]) * 1024
+    return out
+
+
+def _rss_kib() -> int:
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def setup_logging() -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        boot.RUN_DIR.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(boot.RUN_DIR / "agent.log"))
+    except OSError:
+        pass
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s cove-agent %(levelname)s %(message)s")
+
+
+def main() -> int:
+    if not Path("/etc/cove/image.json").exists():
+        print("guest_engine runs as the VM's init; it is not meant to be started by hand",
+              file=sys.stderr)
+        return 2
+    try:
+        boot.mount_filesystems()
+        setup_logging()
+        log.info("cove agent %s starting %.2f s after kernel start", __version__,
+                 engine.uptime())
+        info = boot.boot()
+        for err in info.errors:
+            log.error("boot: %s", err)
+        Agent(info).run()
+    except BaseException:  # noqa: BLE001 - PID 1's child must never just exit
+        log.exception("agent failed")
+        try:
+            _ = subprocess.run(["sync"], timeout=5)
+        finally:
+            power_off()
+    return 0
+
+
+__all__ = ["Agent", "main", "dockerapi"]

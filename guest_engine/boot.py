@@ -1,0 +1,339 @@
+"""The VM's boot duties: filesystems, modules, network, sysctls and the data disk.
+
+Runs once, as the first thing the agent does after the initramfs hands over. Each step
+logs what it did; a step that fails is logged and the boot goes on where it can, so the
+host can still connect and read why (only a missing data disk or secret is fatal to the
+engine, not to the agent).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from guest_engine import protocol
+
+log = logging.getLogger(__name__)
+
+DATA_MOUNT = Path("/mnt/data")
+LOG_DIR = DATA_MOUNT / "log"
+RUN_DIR = Path("/run/cove")
+# Engine state that lives on the data disk, bind-mounted where the engine expects it.
+DATA_BINDS = {
+    "docker": "/var/lib/docker",
+    "containerd": "/var/lib/containerd",
+    "etc-docker": "/etc/docker",
+}
+ENGINE_MODULES = (
+    "overlay", "br_netfilter", "bridge", "veth", "nf_tables", "nft_compat", "nft_chain_nat",
+    "nf_nat", "nf_conntrack", "xt_conntrack", "xt_MASQUERADE", "xt_addrtype", "xt_nat",
+    "ip_tables", "iptable_nat", "iptable_filter", "ip6_tables", "ip6table_nat",
+    "ip6table_filter", "vxlan", "ipvlan", "macvlan", "tun",
+)
+SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+    "fs.inotify.max_user_watches": "524288",
+    "fs.inotify.max_user_instances": "8192",
+    "vm.max_map_count": "262144",
+    "kernel.panic": "10",
+}
+EXT4_MAGIC = 0xEF53
+EXT4_INCOMPAT_RECOVER = 0x4  # "needs_recovery": set while mounted, cleared on unmount
+
+
+@dataclass
+class BootInfo:
+    """What the boot found and did; reported to the host in hello and status."""
+
+    config: dict = field(default_factory=dict)
+    data_device: str | None = None
+    disk: dict = field(default_factory=dict)
+    network: dict = field(default_factory=dict)
+    balloon: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
+        )
+    return proc
+
+
+def _mount(fstype: str, source: str, target: str, options: str = "") -> None:
+    os.makedirs(target, exist_ok=True)
+    if os.path.ismount(target):
+        return
+    cmd = ["mount", "-t", fstype] + (["-o", options] if options else []) + [source, target]
+    run(cmd)
+
+
+def mount_filesystems() -> None:
+    _mount("proc", "proc", "/proc")
+    _mount("sysfs", "sysfs", "/sys")
+    _mount("devtmpfs", "devtmpfs", "/dev")
+    _mount("devpts", "devpts", "/dev/pts", "gid=5,mode=620,ptmxmode=666")
+    _mount("tmpfs", "shm", "/dev/shm", "mode=1777,nosuid,nodev")
+    _mount("mqueue", "mqueue", "/dev/mqueue")
+    _mount("tmpfs", "run", "/run", "mode=0755,nosuid,nodev")
+    _mount("tmpfs", "tmp", "/tmp", "mode=1777,nosuid,nodev")
+    _mount("cgroup2", "cgroup2", "/sys/fs/cgroup", "nsdelegate")
+    for fs, path in (("securityfs", "/sys/kernel/security"), ("bpf", "/sys/fs/bpf"),
+                     ("fusectl", "/sys/fs/fuse/connections")):
+        try:
+            _mount(fs, fs, path)
+        except (RuntimeError, OSError) as e:
+            log.debug("optional mount %s: %s", path, e)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    # Delegate every controller to child cgroups (the engine's containers).
+    try:
+        controllers = Path("/sys/fs/cgroup/cgroup.controllers").read_text().split()
+        Path("/sys/fs/cgroup/cgroup.subtree_control").write_text(
+            " ".join("+" + c for c in controllers)
+        )
+    except OSError as e:
+        log.warning("cgroup controllers not delegated: %s", e)
+
+
+def load_modules() -> None:
+    """Load the drivers for the devices present (no udev here), then the engine's."""
+    aliases = set()
+    for path in glob.glob("/sys/bus/*/devices/*/modalias"):
+        try:
+            aliases.add(Path(path).read_text().strip())
+        except OSError:
+            pass
+    if aliases:
+        run(["modprobe", "-a", "-q", "-b", *sorted(aliases)], check=False)
+    for m in ("qemu_fw_cfg", "virtio_balloon", "virtio_rng", "button", "evdev",
+              "vsock", "vmw_vsock_virtio_transport", "hv_sock"):
+        run(["modprobe", "-q", m], check=False)
+    proc = run(["modprobe", "-a", *ENGINE_MODULES], check=False)
+    if proc.returncode != 0:
+        log.warning("some engine modules did not load: %s", proc.stderr.strip())
+
+
+def read_boot_config() -> dict:
+    """The host's boot config (with the per-boot secret), from QEMU's fw_cfg.
+
+    /sys/firmware is masked in containers by the engine's default profile, so a
+    container cannot read it; the kernel command line would not do (/proc/cmdline is
+    readable in every container).
+    """
+    path = Path("/sys/firmware/qemu_fw_cfg/by_name") / protocol.FW_CFG_NAME / "raw"
+    for _ in range(20):
+        if path.exists():
+            break
+        time.sleep(0.05)
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        log.error("no boot config from the host at %s: %s", path, e)
+        return {}
+
+
+def set_sysctls() -> None:
+    for key, value in SYSCTLS.items():
+        p = Path("/proc/sys") / key.replace(".", "/")
+        try:
+            p.write_text(value)
+        except OSError as e:
+            log.warning("sysctl %s=%s: %s", key, value, e)
+
+
+DHCP_SCRIPT = """#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
+"""
+
+
+def setup_network(config: dict) -> dict:
+    """Bring up lo and the first ethernet link: static for QEMU user networking, else DHCP."""
+    socket.sethostname("cove")
+    Path("/etc/hostname").write_text("cove\n")
+    Path("/etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 cove\n::1 localhost\n")
+    run(["ip", "link", "set", "lo", "up"])
+    ifaces = sorted(
+        p.name for p in Path("/sys/class/net").iterdir()
+        if p.name != "lo" and (p / "device").exists()
+    )
+    if not ifaces:
+        raise RuntimeError("no network interface found")
+    iface = ifaces[0]
+    run(["ip", "link", "set", iface, "up"])
+    net = config.get("network", "user")
+    if net == "user":
+        # QEMU user networking's fixed plan: no DHCP round trips on the boot path.
+        run(["ip", "addr", "add", "10.0.2.15/24", "dev", iface])
+        run(["ip", "route", "add", "default", "via", "10.0.2.2", "dev", iface])
+        Path("/etc/resolv.conf").write_text("nameserver 10.0.2.3\n")
+        return {"interface": iface, "mode": "static", "address": "10.0.2.15"}
+    script = RUN_DIR / "udhcpc.sh"
+    script.write_text(DHCP_SCRIPT)
+    script.chmod(0o755)
+    run(["busybox", "udhcpc", "-i", iface, "-n", "-q", "-t", "10", "-s", str(script)],
+        timeout=60)
+    addr = run(["ip", "-4", "-o", "addr", "show", "dev", iface]).stdout.split()
+    return {"interface": iface, "mode": "dhcp", "address": addr[3] if len(addr) > 3 else ""}
+
+
+def guard_port(port: int, iface: str) -> None:
+    """Accept `port` only from the host's side (`iface`), never from containers.
+
+    Containers route to the VM's own addresses through their bridge, and host-network
+    containers share its loopback; both are refused here, before any secret is checked.
+    """
+    run(["iptables", "-w", "-I", "INPUT", "-p", "tcp", "--dport", str(port),
+         "!", "-i", iface, "-j", "DROP"])
+
+
+def _block_devices() -> list[str]:
+    return sorted(
+        p.name for p in Path("/sys/class/block").iterdir()
+        if not (p / "partition").exists() and p.name.startswith(("vd", "sd", "xvd"))
+    )
+
+
+def _read_at(dev: str, offset: int, size: int) -> bytes:
+    with open(f"/dev/{dev}", "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def find_data_device() -> str | None:
+    """The data disk: the one with serial `cove-data`, else the first that is not the root."""
+    candidates = []
+    for dev in _block_devices():
+        try:
+            if _read_at(dev, 0, 4) == b"hsqs":
+                continue  # the root image
+        except OSError:
+            continue
+        serial = Path(f"/sys/class/block/{dev}/serial")
+        if serial.exists() and serial.read_text().strip() == "cove-data":
+            return dev
+        candidates.append(dev)
+    return candidates[0] if candidates else None
+
+
+def ext4_state(dev: str) -> tuple[bool, bool]:
+    """(has an ext4 filesystem, was not unmounted cleanly)."""
+    sb = _read_at(dev, 1024, 1024)
+    if len(sb) < 0x64 or struct.unpack_from("<H", sb, 0x38)[0] != EXT4_MAGIC:
+        return False, False
+    incompat = struct.unpack_from("<I", sb, 0x60)[0]
+    return True, bool(incompat & EXT4_INCOMPAT_RECOVER)
+
+
+def setup_data_disk() -> tuple[str | None, dict]:
+    """Format on first boot, check after an unclean stop, mount, bind the engine's state."""
+    dev = find_data_device()
+    if dev is None:
+        raise RuntimeError("no data disk attached")
+    info: dict = {"device": dev}
+    has_fs, unclean = ext4_state(dev)
+    if not has_fs:
+        t0 = time.monotonic()
+        run(["mkfs.ext4", "-q", "-F", "-L", "cove-data", "-m", "0",
+             "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", f"/dev/{dev}"],
+            timeout=300)
+        info.update(formatted=True, mkfs_seconds=round(time.monotonic() - t0, 2))
+    else:
+        info["formatted"] = False
+        info["unclean"] = unclean
+        cmd = ["e2fsck", "-p"] + (["-f"] if unclean else []) + [f"/dev/{dev}"]
+        t0 = time.monotonic()
+        proc = run(cmd, check=False, timeout=1800)
+        info["fsck"] = {
+            "forced": unclean,
+            "exit": proc.returncode,
+            "seconds": round(time.monotonic() - t0, 2),
+            "output": (proc.stdout + proc.stderr).strip()[-2000:],
+        }
+        if proc.returncode >= 4:
+            raise RuntimeError(
+                f"the data disk has errors e2fsck -p cannot fix (exit {proc.returncode}); "
+                f"the disk is left unmounted so nothing is lost: "
+                f"{info['fsck']['output'][-300:]}"
+            )
+    DATA_MOUNT.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "ext4", "-o", "noatime", f"/dev/{dev}", str(DATA_MOUNT)])
+    for sub, target in DATA_BINDS.items():
+        src = DATA_MOUNT / sub
+        first = not src.exists()
+        src.mkdir(parents=True, exist_ok=True)
+        if first and sub == "etc-docker" and Path(target).is_dir():
+            # Keep what the image's /etc/docker had (seeded once on a new disk).
+            run(["cp", "-a", f"{target}/.", str(src)])
+        os.makedirs(target, exist_ok=True)
+        run(["mount", "--bind", str(src), target])
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    return dev, info
+
+
+def balloon_present() -> bool:
+    return any(
+        Path(p).resolve().name == "virtio_balloon"
+        for p in glob.glob("/sys/bus/virtio/devices/*/driver")
+    )
+
+
+def boot() -> BootInfo:
+    """Do the boot duties; returns what happened. Never raises for a single step."""
+    info = BootInfo()
+    mount_filesystems()
+    load_modules()
+    info.config = read_boot_config()
+    if not info.config:
+        info.errors.append("no boot config (secret) from the host")
+    set_sysctls()
+    try:
+        info.network = setup_network(info.config)
+    except Exception as e:  # noqa: BLE001 - reported to the host, boot goes on
+        info.errors.append(f"network: {e}")
+        log.exception("network setup failed")
+    try:
+        info.data_device, info.disk = setup_data_disk()
+    except Exception as e:  # noqa: BLE001
+        info.errors.append(f"data disk: {e}")
+        log.exception("data disk setup failed")
+    info.balloon = balloon_present()
+    return info
+
+
+def fstrim() -> str:
+    proc = run(["fstrim", "-v", str(DATA_MOUNT)], check=False, timeout=600)
+    return (proc.stdout + proc.stderr).strip()
+
+
+def unmount_data_disk() -> None:
+    """Sync and unmount the data disk (binds first), leaving the filesystem clean."""
+    os.sync()
+    for target in DATA_BINDS.values():
+        run(["umount", target], check=False)
+    proc = run(["umount", str(DATA_MOUNT)], check=False)
+    if proc.returncode != 0:
+        run(["umount", "-l", str(DATA_MOUNT)], check=False)
+        # The lazy unmount may still be pending: remount read-only so the journal is clean.
+        run(["mount", "-o", "remount,ro", str(DATA_MOUNT)], check=False)
+    os.sync()

@@ -1,0 +1,123 @@
+"""The guest link's wire format, shared by the agent (guest) and the backend (host).
+
+Standard library only: the agent runs on the guest image's python3. The protocol is
+written up in docs/protocol.md; in short:
+
+Every connection to the agent opens with one header line::
+
+    COVE/1 <token> <op> [<arg>]\\n
+
+``token`` is the per-boot secret in hex. A header that is malformed, too long or carries
+the wrong token gets no reply: the agent closes the connection. After the header:
+
+* ``control``: JSON objects, one per line, both ways (requests with an ``id`` and their
+  replies; events the agent pushes without one).
+* ``docker``: a byte-for-byte relay to the engine's unix socket.
+* ``tcp <port>``: a byte-for-byte relay to 127.0.0.1:<port> in the guest.
+* ``udp <port>``: datagrams to 127.0.0.1:<port>, each framed as a 2-byte big-endian
+  length and the payload, both ways.
+* ``echo``: every byte is sent back (the link's floor, for benchmarks).
+
+Data streams send no reply before relaying, so opening one costs no round trip beyond
+the connection itself; a target that cannot be reached closes the stream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = "COVE/1"
+AGENT_PORT = 10811  # the agent's TCP port inside the guest
+MAX_HEADER = 512
+DATA_OPS = ("docker", "tcp", "udp", "echo")
+OPS = ("control", *DATA_OPS)
+FW_CFG_NAME = "opt/org.cove/boot"  # fw_cfg entry carrying the boot config (with the secret)
+CONTROL_PORT_NAME = "org.cove.control"  # virtio-serial port name for the control channel
+
+
+class ProtocolError(Exception):
+    """A message or header that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class Header:
+    token: str
+    op: str
+    arg: int | None = None
+
+
+def encode_header(token: str, op: str, arg: int | None = None) -> bytes:
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}")
+    parts = [VERSION, token, op] + ([str(arg)] if arg is not None else [])
+    return (" ".join(parts) + "\n").encode("ascii")
+
+
+def parse_header(line: bytes) -> Header:
+    """Parse a header line (without or with its newline); raises ProtocolError."""
+    if len(line) > MAX_HEADER:
+        raise ProtocolError("header too long")
+    try:
+        text = line.decode("ascii").rstrip("\n")
+    except UnicodeDecodeError:
+        raise ProtocolError("header is not ASCII") from None
+    parts = text.split(" ")
+    if len(parts) < 3 or parts[0] != VERSION:
+        raise ProtocolError("not a COVE/1 header")
+    _, token, op, *rest = parts
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}")
+    arg = None
+    if op in ("tcp", "udp"):
+        if len(rest) != 1 or not rest[0].isdigit() or not 0 < int(rest[0]) < 65536:
+            raise ProtocolError(f"{op} needs a port 1-65535")
+        arg = int(rest[0])
+    elif rest:
+        raise ProtocolError(f"{op} takes no argument")
+    return Header(token, op, arg)
+
+
+def token_ok(expected: str, given: str) -> bool:
+    return bool(expected) and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def encode_message(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_message(line: bytes) -> dict[str, Any]:
+    try:
+        msg = json.loads(line)
+    except ValueError as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return msg
+
+
+def frame(payload: bytes) -> bytes:
+    if len(payload) > 0xFFFF:
+        raise ProtocolError("datagram larger than 65535 bytes")
+    return struct.pack(">H", len(payload)) + payload
+
+
+class Deframer:
+    """Splits a byte stream back into the datagrams `frame` made."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= 2:
+            (n,) = struct.unpack_from(">H", self._buf)
+            if len(self._buf) < 2 + n:
+                break
+            out.append(bytes(self._buf[2 : 2 + n]))
+            del self._buf[: 2 + n]
+        return out

@@ -1,0 +1,59 @@
+"""Byte-for-byte relays between two sockets, used on both ends of the guest link.
+
+A relay copies each direction on its own thread and passes half-close through: when one
+side stops sending (EOF), the other side's write half is shut down, and the relay ends
+when both directions have ended. HTTP upgrades (attach, exec, BuildKit sessions) and
+``docker logs -f`` therefore pass untouched: the relay never looks at the bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+BUFSIZE = 256 * 1024
+
+
+def _copy(src: socket.socket, dst: socket.socket, initial: bytes = b"") -> None:
+    buf = bytearray(BUFSIZE)
+    view = memoryview(buf)
+    try:
+        if initial:
+            dst.sendall(initial)
+        while True:
+            n = src.recv_into(buf)
+            if n == 0:
+                break
+            dst.sendall(view[:n])
+    except OSError:
+        # A reset on either side ends both directions.
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def pipe(a: socket.socket, b: socket.socket, a_to_b_initial: bytes = b"") -> None:
+    """Relay between `a` and `b` until both directions end, then close both.
+
+    `a_to_b_initial` is sent to `b` first (bytes already read from `a`). Blocks the
+    calling thread; the other direction runs on a helper thread.
+    """
+    t = threading.Thread(target=_copy, args=(b, a), daemon=True, name="relay")
+    t.start()
+    try:
+        _copy(a, b, a_to_b_initial)
+        t.join()
+    finally:
+        a.close()
+        b.close()
+
+
+def pipe_in_background(a: socket.socket, b: socket.socket, initial: bytes = b"") -> None:
+    threading.Thread(target=pipe, args=(a, b, initial), daemon=True, name="relay").start()

@@ -1,0 +1,259 @@
+"""The agent's end of the guest link: accept, authenticate, dispatch.
+
+Every connection must open with a header carrying the per-boot token (see `protocol`);
+anything else is closed without a byte in reply. Control sessions are handled by a
+`Controller` the agent supplies; data streams are relayed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from guest_engine import dockerapi, protocol, relay
+
+log = logging.getLogger(__name__)
+
+HEADER_TIMEOUT = 5.0
+
+
+class Controller(Protocol):
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]: ...
+    def hello_events(self) -> list[dict[str, Any]]: ...
+
+
+def read_header(sock: socket.socket) -> bytes:
+    """Read exactly the header line, leaving whatever follows it in the socket."""
+    while True:
+        peek = sock.recv(protocol.MAX_HEADER + 1, socket.MSG_PEEK)
+        if not peek:
+            raise protocol.ProtocolError("closed before the header")
+        nl = peek.find(b"\n")
+        if nl >= 0:
+            return sock.recv(nl + 1)
+        if len(peek) > protocol.MAX_HEADER:
+            raise protocol.ProtocolError("header too long")
+        # Part of the header is here; wait for more without busy-looping.
+        threading.Event().wait(0.005)
+
+
+class ControlSession:
+    """One control channel: JSON lines both ways over any file-like byte stream."""
+
+    def __init__(self, rfile: Any, wfile: Any, controller: Controller,
+                 on_close: Callable[[ControlSession], None]) -> None:
+        self.rfile = rfile
+        self.wfile = wfile
+        self.controller = controller
+        self.on_close = on_close
+        self._wlock = threading.Lock()
+        self.closed = False
+
+    def send(self, msg: dict[str, Any]) -> None:
+        data = protocol.encode_message(msg)
+        with self._wlock:
+            if self.closed:
+                return
+            try:
+                self.wfile.write(data)
+                self.wfile.flush()
+            except OSError:
+                self.closed = True
+
+    def serve(self) -> None:
+        try:
+            for ev in self.controller.hello_events():
+                self.send(ev)
+            while not self.closed:
+                line = self.rfile.readline()
+                if not line:
+                    break
+                try:
+                    req = protocol.decode_message(line)
+                except protocol.ProtocolError as e:
+                    self.send({"error": str(e)})
+                    continue
+                threading.Thread(target=self._answer, args=(req,), daemon=True).start()
+        except OSError:
+            pass
+        finally:
+            self.closed = True
+            self.on_close(self)
+
+    def _answer(self, req: dict[str, Any]) -> None:
+        try:
+            reply = self.controller.handle(req)
+        except Exception as e:  # noqa: BLE001 - reported to the host
+            log.exception("request %s failed", req.get("op"))
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        if "id" in req:
+            reply = {"id": req["id"], **reply}
+        self.send(reply)
+
+
+class LinkServer:
+    """Accepts link connections on TCP and pushes events to every control session."""
+
+    def __init__(self, token: str, controller: Controller, port: int = protocol.AGENT_PORT,
+                 docker_sock: str = dockerapi.DOCKER_SOCK, host: str = "0.0.0.0") -> None:
+        self.token = token
+        self.controller = controller
+        self.port = port
+        self.host = host
+        self.docker_sock = docker_sock
+        self.sessions: set[ControlSession] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.port))
+        s.listen(128)
+        self._listener = s
+        self.port = s.getsockname()[1]
+        threading.Thread(target=self._accept_loop, daemon=True, name="link-accept").start()
+        return self.port
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+    def broadcast(self, msg: dict[str, Any]) -> None:
+        with self._lock:
+            sessions = list(self.sessions)
+        for s in sessions:
+            s.send(msg)
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(HEADER_TIMEOUT)
+            header = protocol.parse_header(read_header(conn))
+            if not protocol.token_ok(self.token, header.token):
+                raise protocol.ProtocolError("wrong token")
+            conn.settimeout(None)
+        except (protocol.ProtocolError, OSError) as e:
+            log.warning("link connection refused: %s", e)
+            conn.close()
+            return
+        try:
+            self.serve_op(conn, header)
+        except OSError as e:
+            log.debug("%s stream ended: %s", header.op, e)
+            conn.close()
+
+    def open_control(self, rfile: Any, wfile: Any) -> ControlSession:
+        session = ControlSession(rfile, wfile, self.controller, self._drop)
+        with self._lock:
+            self.sessions.add(session)
+        return session
+
+    def _drop(self, session: ControlSession) -> None:
+        with self._lock:
+            self.sessions.discard(session)
+
+    def serve_op(self, conn: socket.socket, header: protocol.Header) -> None:
+        if header.op == "control":
+            session = self.open_control(conn.makefile("rb"), conn.makefile("wb"))
+            try:
+                session.serve()
+            finally:
+                conn.close()
+        elif header.op == "docker":
+            target = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                target.connect(self.docker_sock)
+            except OSError:
+                target.close()
+                raise
+            relay.pipe(conn, target)
+        elif header.op == "tcp":
+            assert header.arg is not None
+            target = socket.create_connection(("127.0.0.1", header.arg), timeout=5)
+            target.settimeout(None)
+            target.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            relay.pipe(conn, target)
+        elif header.op == "udp":
+            assert header.arg is not None
+            self._udp(conn, header.arg)
+        elif header.op == "echo":
+            buf = bytearray(relay.BUFSIZE)
+            with conn:
+                while n := conn.recv_into(buf):
+                    conn.sendall(memoryview(buf)[:n])
+
+    @staticmethod
+    def _udp(conn: socket.socket, port: int) -> None:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(("127.0.0.1", port))
+
+        def back() -> None:
+            try:
+                while True:
+                    data = u.recv(65535)
+                    conn.sendall(protocol.frame(data))
+            except OSError:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=back, daemon=True).start()
+        deframer = protocol.Deframer()
+        try:
+            while chunk := conn.recv(65536):
+                for dgram in deframer.feed(chunk):
+                    try:
+                        u.send(dgram)
+                    except ConnectionRefusedError:
+                        pass  # nobody listening yet; UDP just drops it
+        finally:
+            u.close()
+            conn.close()
+
+
+def serve_virtio_port(path: str, server: LinkServer) -> None:
+    """Run control sessions over a virtio-serial port, one after another, forever.
+
+    The port cannot be closed from this side, so a session ends when the host goes away
+    (reads return EOF) and the next one must again open with a valid header.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as e:
+            log.warning("virtio-serial control port %s: %s", path, e)
+            return
+        rfile = os.fdopen(fd, "rb", buffering=0)
+        wfile = os.fdopen(os.dup(fd), "wb", buffering=0)
+        try:
+            line = rfile.readline()
+            if not line:
+                threading.Event().wait(0.2)  # host not connected
+                continue
+            try:
+                header = protocol.parse_header(line)
+                ok = header.op == "control" and protocol.token_ok(server.token, header.token)
+            except protocol.ProtocolError:
+                ok = False
+            if not ok:
+                log.warning("virtio-serial: header refused")
+                continue
+            server.open_control(rfile, wfile).serve()
+        finally:
+            rfile.close()
+            wfile.close()

@@ -1,0 +1,5 @@
+import sys
+
+from vm_image.cli import main
+
+sys.exit(main())

@@ -1,0 +1,437 @@
+"""Build Cove's guest image: kernel, initramfs, compressed root, manifest.
+
+The build has two cached stages under ``$COVE_HOME/images``:
+
+* ``base-<key>/``: the Debian root made by mmdebstrap from the recipe's packages, pruned
+  (docs, unused kernel modules, build leftovers), with the kernel beside it. Its key covers
+  the package list, suite, mirror, architecture and the recipe's prune lists.
+* ``<key>/``: the bootable image: ``vmlinuz``, ``initramfs``, ``root.sqfs`` and
+  ``manifest.json``. Its key adds the agent's sources (``guest_engine``) and the builder's
+  own files, so changing the agent rebuilds only this stage.
+
+Each stage is built in a temporary folder and renamed into place when complete, so a
+failed or interrupted build never leaves a half image where a good one is expected, and
+an image that was usable before stays usable.
+
+Errors are `BuildError`, whose message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import lzma
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vm_image import recipe
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+GUEST_ENGINE = HERE.parent / "guest_engine"
+BUILDER_VERSION = "1"
+
+# tool -> Debian package that provides it
+REQUIRED_TOOLS = {
+    "mmdebstrap": "mmdebstrap",
+    "mksquashfs": "squashfs-tools",
+    "depmod": "kmod",
+    "dpkg-query": "dpkg",
+}
+
+
+class BuildError(Exception):
+    """The image could not be built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built guest image on disk."""
+
+    path: Path
+    key: str
+    arch: str
+
+    @property
+    def kernel(self) -> Path:
+        return self.path / "vmlinuz"
+
+    @property
+    def initramfs(self) -> Path:
+        return self.path / "initramfs"
+
+    @property
+    def root(self) -> Path:
+        return self.path / "root.sqfs"
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / "manifest.json").read_text())
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("COVE_HOME") or Path.home() / ".cove")
+
+
+def images_dir(home: Path | None = None) -> Path:
+    """Where images are kept: `COVE_IMAGES`, else ``$COVE_HOME/images``."""
+    if home is None and os.environ.get("COVE_IMAGES"):
+        return Path(os.environ["COVE_IMAGES"])
+    return (home or default_home()) / "images"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_digest(root: Path, h: hashlib._Hash) -> None:
+    for p in sorted(root.rglob("*")):
+        if "__pycache__" in p.parts or not p.is_file():
+            continue
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+
+
+def base_key(arch: recipe.Arch) -> str:
+    data = {
+        "builder": BUILDER_VERSION,
+        "suite": recipe.SUITE,
+        "mirror": recipe.mirror(),
+        "arch": arch.name,
+        "kernel": arch.kernel_package,
+        "packages": recipe.PACKAGES,
+        "excludes": recipe.DPKG_EXCLUDES,
+        "prune": recipe.PRUNE,
+        "modules": recipe.MODULES_KEPT,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_key(arch: recipe.Arch) -> str:
+    h = hashlib.sha256(base_key(arch).encode())
+    h.update(json.dumps([recipe.INITRAMFS_MODULES, recipe.SQUASHFS_COMPRESSION]).encode())
+    _tree_digest(GUEST_ENGINE, h)
+    _tree_digest(HERE, h)
+    return f"{arch.name}-{h.hexdigest()[:16]}"
+
+
+def check_tools(tools: dict[str, str] = REQUIRED_TOOLS) -> None:
+    missing = {t: pkg for t, pkg in tools.items() if shutil.which(t) is None}
+    if missing:
+        pkgs = " ".join(sorted(set(missing.values())))
+        names = ", ".join(sorted(missing))
+        raise BuildError(
+            f"{names} not found: building the guest image needs them; "
+            f"install with: apt-get install {pkgs}"
+        )
+
+
+def find_image(arch: str = "amd64", home: Path | None = None) -> Image | None:
+    """The cached image for the current recipe and agent, or None."""
+    a = recipe.get_arch(arch)
+    key = image_key(a)
+    path = images_dir(home) / key
+    if (path / "manifest.json").is_file():
+        return Image(path, key, a.name)
+    return None
+
+
+def latest_image(arch: str = "amd64", home: Path | None = None) -> Image | None:
+    """The newest complete image of any key for this arch (for when a rebuild fails)."""
+    d = images_dir(home)
+    found = sorted(
+        (p for p in d.glob(f"{arch}-*") if (p / "manifest.json").is_file()),
+        key=lambda p: (p / "manifest.json").stat().st_mtime,
+    )
+    if not found:
+        return None
+    return Image(found[-1], found[-1].name, arch)
+
+
+def build(
+    arch: str = "amd64",
+    home: Path | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Image:
+    """Return the image for the current recipe, building what is not cached.
+
+    Raises `BuildError` (or `ValueError` for an unsupported arch) with a message naming
+    the fix; a previously built image is never touched by a failed build.
+    """
+    a = recipe.get_arch(arch)
+    say = progress or (lambda msg: log.info("%s", msg))
+    if not force:
+        cached = find_image(a.name, home)
+        if cached is not None:
+            say(f"guest image {cached.key} is up to date")
+            return cached
+    check_tools()
+    if os.geteuid() != 0:
+        raise BuildError(
+            "building the guest image needs root (mmdebstrap's root mode and chroot); "
+            "run `make image` or `cove image build` as root, e.g. with sudo"
+        )
+    idir = images_dir(home)
+    idir.mkdir(parents=True, exist_ok=True)
+    base = _build_base(a, idir, force, say)
+    key = image_key(a)
+    final = idir / key
+    tmp = idir / f".build-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        t0 = time.monotonic()
+        say("assembling the root with the agent")
+        root = tmp / "root"
+        _run(["cp", "-a", str(base / "root"), str(root)], "copy the base root")
+        _install_agent(root, key)
+        say("building the initramfs")
+        kver = (base / "kernel-version").read_text().strip()
+        (tmp / "initramfs").write_bytes(_initramfs(root, kver))
+        shutil.copy2(base / "vmlinuz", tmp / "vmlinuz")
+        say("compressing the root (squashfs)")
+        _run(
+            [
+                "mksquashfs", str(root), str(tmp / "root.sqfs"),
+                "-noappend", *recipe.SQUASHFS_COMPRESSION, "-quiet", "-no-progress",
+                "-no-xattrs",
+            ],
+            "compress the root",
+        )
+        shutil.rmtree(root)
+        manifest = {
+            "key": key,
+            "arch": a.name,
+            "suite": recipe.SUITE,
+            "kernel_version": kver,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.monotonic() - t0, 1),
+            "packages": json.loads((base / "packages.json").read_text()),
+            "files": {
+                name: {"sha256": _sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
+                for name in ("vmlinuz", "initramfs", "root.sqfs")
+            },
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"guest image {key} built in {manifest['build_seconds']} s")
+    return Image(final, key, a.name)
+
+
+def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise BuildError(f"could not {what} ({cmd[0]} exited {proc.returncode}):\n{tail}")
+    return proc
+
+
+def _build_base(a: recipe.Arch, idir: Path, force: bool, say: Callable[[str], None]) -> Path:
+    key = base_key(a)
+    final = idir / f"base-{a.name}-{key}"
+    if (final / "packages.json").is_file() and not force:
+        return final
+    tmp = idir / f".base-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        root = tmp / "root"
+        mirror = recipe.mirror()
+        say(f"installing Debian {recipe.SUITE} packages from {mirror} (mmdebstrap)")
+        cmd = [
+            "mmdebstrap",
+            "--mode=root",
+            "--variant=essential",
+            f"--architectures={a.name}",
+            "--aptopt=APT::Install-Recommends \"false\"",
+            "--include=" + ",".join((a.kernel_package, *recipe.PACKAGES)),
+            # No initramfs-tools initrd: Cove ships its own initramfs.
+            "--essential-hook=mkdir -p \"$1/etc/kernel\" && "
+            "echo 'do_initrd = no' > \"$1/etc/kernel-img.conf\"",
+        ]
+        cmd += [f"--dpkgopt=path-exclude={p}" for p in recipe.DPKG_EXCLUDES]
+        cmd += [recipe.SUITE, str(root), mirror]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
+                              "INITRD": "No"})
+        if proc.returncode != 0:
+            out = proc.stderr + proc.stdout
+            tail = "\n".join(out.strip().splitlines()[-10:])
+            if any(s in out for s in ("Could not resolve", "Failed to fetch",
+                                      "Connection failed", "Temporary failure",
+                                      "Unable to connect", "Release file")):
+                raise BuildError(
+                    f"the Debian package mirror {mirror} could not be reached; check the "
+                    f"network or set {recipe.MIRROR_ENV} to a mirror that can be. "
+                    f"Images built before are unchanged.\n{tail}"
+                )
+            raise BuildError(f"mmdebstrap failed (exit {proc.returncode}):\n{tail}")
+        kver = _prune(root, tmp)
+        q = subprocess.run(
+            ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f",
+             "${Package}\t${Version}\n"],
+            capture_output=True, text=True, check=True,
+        )
+        packages = dict(line.split("\t", 1) for line in q.stdout.splitlines() if line)
+        (tmp / "packages.json").write_text(json.dumps(packages, indent=1, sort_keys=True))
+        (tmp / "kernel-version").write_text(kver + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Older bases of this arch are not needed once a new one exists.
+    for old in idir.glob(f"base-{a.name}-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _prune(root: Path, out: Path) -> str:
+    """Move the kernel out, drop what the VM never uses; return the kernel version."""
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise BuildError("the kernel package installed no /boot/vmlinuz-*")
+    kver = kernels[-1].name.removeprefix("vmlinuz-")
+    shutil.copy2(kernels[-1], out / "vmlinuz")
+    for rel in recipe.PRUNE:
+        p = root / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    moddir = root / "usr/lib/modules" / kver
+    keep = _modules_to_keep(moddir, recipe.MODULES_KEPT)
+    for ko in list((moddir / "kernel").rglob("*.ko*")):
+        if str(ko.relative_to(moddir)) not in keep:
+            ko.unlink()
+    _run(["depmod", "-b", str(root), kver], "index the kernel modules (depmod)")
+    return kver
+
+
+def _read_deps(moddir: Path) -> dict[str, list[str]]:
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    return deps
+
+
+def _closure(deps: dict[str, list[str]], wanted: Iterable[str]) -> list[str]:
+    """`wanted` and everything they depend on, dependencies first."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(m: str) -> None:
+        if m in seen:
+            return
+        seen.add(m)
+        for d in deps.get(m, []):
+            visit(d)
+        order.append(m)
+
+    for m in wanted:
+        visit(m)
+    return order
+
+
+def _modules_to_keep(moddir: Path, prefixes: Iterable[str]) -> set[str]:
+    deps = _read_deps(moddir)
+    roots = [m for m in deps if any(m.startswith("kernel/" + p) for p in prefixes)]
+    return set(_closure(deps, roots))
+
+
+def _module_name(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    for suffix in (".xz", ".zst", ".gz"):
+        name = name.removesuffix(suffix)
+    return name.removesuffix(".ko").replace("-", "_")
+
+
+def _install_agent(root: Path, key: str) -> None:
+    dest = root / "usr/lib/python3/dist-packages/guest_engine"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(GUEST_ENGINE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    init = root / "sbin/init"
+    if init.exists() or init.is_symlink():
+        init.unlink()
+    shutil.copy2(HERE / "files/sbin-init", init)
+    init.chmod(0o755)
+    (root / "etc/cove").mkdir(parents=True, exist_ok=True)
+    (root / "etc/cove/image.json").write_text(json.dumps({"key": key}))
+    (root / "etc/hostname").write_text("cove\n")
+    # Byte-compile the agent now so each boot does not (the root is read-only).
+    _run(["chroot", str(root), "python3", "-m", "compileall", "-q",
+          "/usr/lib/python3/dist-packages/guest_engine"], "byte-compile the agent")
+
+
+def _initramfs(root: Path, kver: str) -> bytes:
+    """A gzip'd newc cpio: busybox, /init and the modules that reach the root image."""
+    moddir = root / "usr/lib/modules" / kver
+    deps = _read_deps(moddir)
+    by_name = {_module_name(m): m for m in deps}
+    wanted = [by_name[n] for n in recipe.INITRAMFS_MODULES if n in by_name]
+    files: list[tuple[str, bytes, int]] = [
+        ("bin/busybox", (root / "usr/bin/busybox").read_bytes(), 0o755),
+        ("init", (HERE / "files/init").read_bytes(), 0o755),
+    ]
+    order = []
+    for m in _closure(deps, wanted):
+        data = (moddir / m).read_bytes()
+        if m.endswith(".xz"):
+            data = lzma.decompress(data)
+        elif m.endswith(".zst"):
+            raise BuildError(f"zstd-compressed module {m}: not supported by the builder")
+        name = _module_name(m) + ".ko"
+        files.append((f"modules/{name}", data, 0o644))
+        order.append(name)
+    files.append(("modules.order", ("\n".join(order) + "\n").encode(), 0o644))
+    return gzip.compress(_cpio(files), compresslevel=9, mtime=0)
+
+
+def _cpio(files: list[tuple[str, bytes, int]]) -> bytes:
+    """A newc-format cpio archive with the given files (and their parent folders)."""
+    out = io.BytesIO()
+    ino = 1
+
+    def entry(name: str, mode: int, data: bytes = b"") -> None:
+        nonlocal ino
+        namez = name.encode() + b"\0"
+        hdr = "070701" + "".join(
+            f"{v:08X}"
+            for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(namez), 0)
+        )
+        ino += 1
+        out.write(hdr.encode() + namez)
+        out.write(b"\0" * (-(110 + len(namez)) % 4))
+        out.write(data)
+        out.write(b"\0" * (-len(data) % 4))
+
+    dirs: set[str] = set()
+    for name, _, _ in files:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    for d in sorted(dirs):
+        entry(d, 0o040755)
+    for name, data, mode in files:
+        entry(name, 0o100000 | mode, data)
+    entry("TRAILER!!!", 0)
+    return out.getvalue()
