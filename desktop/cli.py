@@ -166,8 +166,8 @@ def engine_info(inst: Instance) -> dict[str, Any]:
 
 def cmd_start(args: argparse.Namespace) -> int:
     inst = _instance(args)
+    changed = _apply_flags(inst, args)  # validates before anything is written
     inst.ensure_folder()
-    changed = _apply_flags(inst, args)
     marker = inst.folder / "no-activate"
     if args.no_activate:
         marker.touch()
@@ -378,8 +378,14 @@ def cmd_image(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line naming the problem (argparse's usage block goes with --help)."""
+        self.exit(2, f"cove: error: {self.prog.removeprefix('cove ')}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cove", description="Run Linux containers on this "
+    p = _Parser(prog="cove", description="Run Linux containers on this "
                                 "computer: a small VM with the Docker engine.")
     p.add_argument("--version", action="version", version=f"cove {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -34,10 +34,19 @@ def _read_config() -> dict[str, Any]:
 
 
 def _write_config(data: dict[str, Any]) -> None:
-    path = docker_config_dir() / "config.json"
+    """Replace config.json atomically, keeping its mode (it may hold registry
+    credentials: a new one is 0600) and writing through a symlink as docker does."""
+    path = (docker_config_dir() / "config.json").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.cove-tmp")
-    tmp.write_text(json.dumps(data, indent="\t") + "\n")
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o600
+    tmp = path.with_name(path.name + ".cove-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent="\t") + "\n")
+    os.chmod(tmp, mode)
     tmp.replace(path)
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}")  # used with fullmatch
 SOCKET_PATH_LIMIT = 104  # macOS's sun_path; Linux allows 108
 DEFAULT_INSTANCE = "default"
 MIB = 2**20
@@ -60,20 +60,23 @@ def default_cpus() -> int:
     return max(1, min(host_cpus(), 4))
 
 
-SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B))?\s*", re.IGNORECASE)
 
 
 def parse_size(value: str | int, what: str, unit: int = MIB) -> int:
     """'4G', '4GiB', '512M', '2048' (in `unit`) -> bytes; SettingsError naming `what`."""
     if isinstance(value, int):
         return value * unit
-    m = SIZE_RE.match(str(value))
+    m = SIZE_RE.fullmatch(str(value))
     if not m:
         raise SettingsError(
             f"{what}: {value!r} is not a size; use a number with M or G, e.g. 4G or 512M"
         )
-    number, suffix = float(m.group(1)), m.group(2).upper()
-    mult = {"": unit, "K": 2**10, "M": MIB, "G": GIB, "T": 2**40}[suffix]
+    number = float(m.group(1))
+    if m.group(3):
+        mult = 1  # plain bytes
+    else:
+        mult = {"": unit, "K": 2**10, "M": MIB, "G": GIB, "T": 2**40}[(m.group(2) or "").upper()]
     return int(number * mult)
 
 
@@ -133,7 +136,7 @@ class Settings:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or "") or name == "images":
+    if not NAME_RE.fullmatch(name or "") or name == "images":
         raise SettingsError(
             f"instance name {name!r} is not allowed; use 1-31 lowercase letters, digits, "
             "'-' or '_', starting with a letter or digit (no '/' or '..')"
@@ -212,5 +215,5 @@ def list_instances(home: Path | None = None) -> list[str]:
     h = home or cove_home()
     if not h.is_dir():
         return []
-    return sorted(p.name for p in h.iterdir() if p.is_dir() and NAME_RE.match(p.name)
+    return sorted(p.name for p in h.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)
                   and p.name != "images")

@@ -100,9 +100,10 @@ class ControlChannel:
             self._sock = s
         self.connected.set()
         self.on_state(True)
+        # The hello is handled before the reader can deliver anything that followed it.
+        self.on_event(msg)
         threading.Thread(target=self._reader, args=(s, rfile), daemon=True,
                          name="control-reader").start()
-        self.on_event(msg)
         return True
 
     def wait_connect(self, timeout: float, attempt_timeout: float = 2.0,

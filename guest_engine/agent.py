@@ -6,11 +6,8 @@ whatever happens, the VM ends powered off, after a clean unmount when it can.
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import logging
 import os
-import platform
 import signal
 import struct
 import subprocess
@@ -18,10 +15,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from guest_engine import __version__, boot, dockerapi, engine, protocol, server
 from guest_engine.ports import PortWatcher
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: boot time under emulation
+    from typing import Any
 
 log = logging.getLogger("guest_engine")
 
@@ -35,12 +35,11 @@ TRIM_INTERVAL = 24 * 3600
 class Agent:
     def __init__(self, info: boot.BootInfo) -> None:
         self.info = info
-        self.token = str(info.config.get("token", ""))
         self.started = time.monotonic()
         self.agent_start = engine.uptime()
         self.shutdown_requested = threading.Event()
         self.shutdown_reason = ""
-        self.link = server.LinkServer(self.token, self)
+        self.link = server.LinkServer("", self)
         self.engine = engine.Engine(self.link.broadcast)
         self.ports = PortWatcher(self.link.broadcast, own_ports={protocol.AGENT_PORT, 22})
         self.time_adjustments = 0
@@ -63,8 +62,8 @@ class Agent:
             "agent_version": __version__,
             "engine_version": self.engine.version,
             "engine_state": self.engine.state,
-            "kernel": platform.release(),
-            "arch": platform.machine(),
+            "kernel": os.uname().release,
+            "arch": os.uname().machine,
             "image": _read_json("/etc/cove/image.json").get("key", ""),
             "boot_id": _read("/proc/sys/kernel/random/boot_id"),
             "agent_start": self.agent_start,
@@ -136,8 +135,17 @@ class Agent:
             self.shutdown_reason = reason
             self.shutdown_requested.set()
 
+    def start_engine(self) -> None:
+        """Start the engine as early as the data disk allows; the rest boots meanwhile."""
+        if self.info.data_device:
+            self.engine.start()
+        else:
+            self.engine.state = "failed"
+            self.engine.error = "no data disk"
+
     def run(self) -> None:
-        if self.token:
+        self.link.token = str(self.info.config.get("token", ""))
+        if self.link.token:
             iface = self.info.network.get("interface")
             if iface:
                 try:
@@ -151,12 +159,8 @@ class Agent:
         else:
             log.error("no token: the link stays closed")
         if self.info.data_device:
-            self.engine.start()
             self.ports.start()
             threading.Thread(target=self._trim_daily, daemon=True, name="fstrim").start()
-        else:
-            self.engine.state = "failed"
-            self.engine.error = "no data disk"
         threading.Thread(target=self._watch_power_button, daemon=True,
                          name="power-button").start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPWR):
@@ -219,16 +223,17 @@ def _power_button_device() -> str | None:
 
 def _virtio_ports(name: str) -> list[str]:
     out = []
-    for p in glob.glob("/sys/class/virtio-ports/*/name"):
+    for p in boot.sysfs_glob("/sys/class/virtio-ports/*/name"):
         if _read(p) == name:
             out.append("/dev/" + Path(p).parent.name)
     return out
 
 
 def _kill_all_but_me() -> None:
-    me = os.getpid()
+    # Spare our ancestors (tini, the init shell): if they went, the kernel would panic.
+    spared = {1, os.getpid(), os.getppid()}
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    targets = [p for p in pids if p not in (1, me) and _read(f"/proc/{p}/cmdline")]
+    targets = [p for p in pids if p not in spared and _read(f"/proc/{p}/cmdline")]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in targets:
             try:
@@ -249,6 +254,8 @@ def _alive(pid: int) -> bool:
 
 
 def power_off() -> None:
+    import ctypes
+
     os.sync()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.reboot(RB_POWER_OFF)
@@ -310,10 +317,14 @@ def main() -> int:
         setup_logging()
         log.info("cove agent %s starting %.2f s after kernel start", __version__,
                  engine.uptime())
-        info = boot.boot()
+        info = boot.BootInfo()
+        boot.early(info)
+        agent = Agent(info)
+        agent.start_engine()
+        boot.late(info)
         for err in info.errors:
             log.error("boot: %s", err)
-        Agent(info).run()
+        agent.run()
     except BaseException:  # noqa: BLE001 - PID 1's child must never just exit
         log.exception("agent failed")
         try:

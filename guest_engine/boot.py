@@ -8,7 +8,6 @@ engine, not to the agent).
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -16,7 +15,6 @@ import socket
 import struct
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from guest_engine import protocol
@@ -33,7 +31,7 @@ DATA_BINDS = {
     "etc-docker": "/etc/docker",
 }
 ENGINE_MODULES = (
-    "overlay", "br_netfilter", "bridge", "veth", "nf_tables", "nft_compat", "nft_chain_nat",
+    "ext4", "overlay", "br_netfilter", "bridge", "veth", "nf_tables", "nft_compat", "nft_chain_nat",
     "nf_nat", "nf_conntrack", "xt_conntrack", "xt_MASQUERADE", "xt_addrtype", "xt_nat",
     "ip_tables", "iptable_nat", "iptable_filter", "ip6_tables", "ip6table_nat",
     "ip6table_filter", "vxlan", "ipvlan", "macvlan", "tun",
@@ -52,16 +50,34 @@ EXT4_MAGIC = 0xEF53
 EXT4_INCOMPAT_RECOVER = 0x4  # "needs_recovery": set while mounted, cleared on unmount
 
 
-@dataclass
 class BootInfo:
     """What the boot found and did; reported to the host in hello and status."""
 
-    config: dict = field(default_factory=dict)
-    data_device: str | None = None
-    disk: dict = field(default_factory=dict)
-    network: dict = field(default_factory=dict)
-    balloon: bool = False
-    errors: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.config: dict = {}
+        self.data_device: str | None = None
+        self.disk: dict = {}
+        self.network: dict = {}
+        self.balloon = False
+        self.errors: list[str] = []
+
+
+def sysfs_glob(pattern: str) -> list[str]:
+    """`glob.glob` for the fixed-depth sysfs patterns used here (one `*` per level),
+    without importing glob (its imports cost boot time under emulation)."""
+    paths = [""]
+    for part in pattern.strip("/").split("/"):
+        nxt = []
+        for base in paths:
+            if part == "*":
+                try:
+                    nxt += [f"{base}/{n}" for n in sorted(os.listdir(base or "/"))]
+                except OSError:
+                    pass
+            elif os.path.lexists(f"{base}/{part}"):
+                nxt.append(f"{base}/{part}")
+        paths = nxt
+    return paths
 
 
 def run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -111,7 +127,7 @@ def mount_filesystems() -> None:
 def load_modules() -> None:
     """Load the drivers for the devices present (no udev here), then the engine's."""
     aliases = set()
-    for path in glob.glob("/sys/bus/*/devices/*/modalias"):
+    for path in sysfs_glob("/sys/bus/*/devices/*/modalias"):
         try:
             aliases.add(Path(path).read_text().strip())
         except OSError:
@@ -294,31 +310,32 @@ def setup_data_disk() -> tuple[str | None, dict]:
 def balloon_present() -> bool:
     return any(
         Path(p).resolve().name == "virtio_balloon"
-        for p in glob.glob("/sys/bus/virtio/devices/*/driver")
+        for p in sysfs_glob("/sys/bus/virtio/devices/*/driver")
     )
 
 
-def boot() -> BootInfo:
-    """Do the boot duties; returns what happened. Never raises for a single step."""
-    info = BootInfo()
-    mount_filesystems()
+def early(info: BootInfo) -> None:
+    """What the engine needs before it can start: modules, sysctls, the data disk."""
     load_modules()
+    set_sysctls()
+    try:
+        info.data_device, info.disk = setup_data_disk()
+    except Exception as e:  # noqa: BLE001 - reported to the host, boot goes on
+        info.errors.append(f"data disk: {e}")
+        log.exception("data disk setup failed")
+
+
+def late(info: BootInfo) -> None:
+    """What the link needs (runs while the engine starts): the boot config, the network."""
     info.config = read_boot_config()
     if not info.config:
         info.errors.append("no boot config (secret) from the host")
-    set_sysctls()
     try:
         info.network = setup_network(info.config)
-    except Exception as e:  # noqa: BLE001 - reported to the host, boot goes on
+    except Exception as e:  # noqa: BLE001
         info.errors.append(f"network: {e}")
         log.exception("network setup failed")
-    try:
-        info.data_device, info.disk = setup_data_disk()
-    except Exception as e:  # noqa: BLE001
-        info.errors.append(f"data disk: {e}")
-        log.exception("data disk setup failed")
     info.balloon = balloon_present()
-    return info
 
 
 def fstrim() -> str:

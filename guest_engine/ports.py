@@ -19,8 +19,8 @@ import ipaddress
 import logging
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from guest_engine import dockerapi
@@ -32,18 +32,18 @@ ALL_V4 = "0.0.0.0"
 LOOPBACK_V4 = "127.0.0.1"
 
 
-@dataclass(frozen=True, order=True)
-class Port:
-    """One port the host should open. `host_ip` is what the container asked for."""
+class Port(namedtuple("Port", "proto port host_ip container container_port",
+                      defaults=(ALL_V4, "", 0))):
+    """One port the host should open (a namedtuple: dataclasses cost boot time).
 
-    proto: str  # "tcp" or "udp"
-    port: int
-    host_ip: str = ALL_V4  # "0.0.0.0" (all interfaces) or "127.0.0.1"
-    container: str = ""  # container name, "" for a listener of unknown owner
-    container_port: int = 0
+    proto: "tcp" or "udp"; host_ip: what the container asked for, "0.0.0.0" (all
+    interfaces) or "127.0.0.1"; container: its name, "" for a listener of unknown owner.
+    """
+
+    __slots__ = ()
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return dict(self._asdict())
 
 
 def normalize_ip(ip: str) -> str:
@@ -196,8 +196,8 @@ class PortWatcher:
                         self._refresh_now.set()
                     if self._stop.is_set():
                         return
-            except OSError:
-                pass
+            except (OSError, ValueError):
+                pass  # the engine restarted or is not up yet: reconnect
             self._stop.wait(1)
 
     def _scan_loop(self) -> None:

@@ -11,8 +11,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any, Protocol
+import time
 
 from guest_engine import dockerapi, protocol, relay
 
@@ -21,13 +20,23 @@ log = logging.getLogger(__name__)
 HEADER_TIMEOUT = 5.0
 
 
-class Controller(Protocol):
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]: ...
-    def hello_events(self) -> list[dict[str, Any]]: ...
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: boot time under emulation
+    from collections.abc import Callable
+    from typing import Any, Protocol
+
+    class Controller(Protocol):
+        def handle(self, request: dict[str, Any]) -> dict[str, Any]: ...
+        def hello_events(self) -> list[dict[str, Any]]: ...
 
 
-def read_header(sock: socket.socket) -> bytes:
-    """Read exactly the header line, leaving whatever follows it in the socket."""
+def read_header(sock: socket.socket, timeout: float | None = None) -> bytes:
+    """Read exactly the header line, leaving whatever follows it in the socket.
+
+    Raises ProtocolError when the line is not complete within `timeout`.
+    """
+    deadline = time.monotonic() + (HEADER_TIMEOUT if timeout is None else timeout)
+    seen = -1
     while True:
         peek = sock.recv(protocol.MAX_HEADER + 1, socket.MSG_PEEK)
         if not peek:
@@ -37,8 +46,12 @@ def read_header(sock: socket.socket) -> bytes:
             return sock.recv(nl + 1)
         if len(peek) > protocol.MAX_HEADER:
             raise protocol.ProtocolError("header too long")
-        # Part of the header is here; wait for more without busy-looping.
-        threading.Event().wait(0.005)
+        if time.monotonic() > deadline:
+            raise protocol.ProtocolError("no complete header in time")
+        if len(peek) == seen:
+            # Nothing new since the last look; wait without busy-looping.
+            threading.Event().wait(0.005)
+        seen = len(peek)
 
 
 class ControlSession:
@@ -75,7 +88,7 @@ class ControlSession:
                 try:
                     req = protocol.decode_message(line)
                 except protocol.ProtocolError as e:
-                    self.send({"error": str(e)})
+                    self.send({"event": "error", "error": str(e)})
                     continue
                 threading.Thread(target=self._answer, args=(req,), daemon=True).start()
         except OSError:
@@ -121,6 +134,10 @@ class LinkServer:
 
     def close(self) -> None:
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread
+            except OSError:
+                pass
             self._listener.close()
 
     def broadcast(self, msg: dict[str, Any]) -> None:
@@ -204,7 +221,10 @@ class LinkServer:
         def back() -> None:
             try:
                 while True:
-                    data = u.recv(65535)
+                    try:
+                        data = u.recv(65535)
+                    except ConnectionRefusedError:
+                        continue  # an earlier datagram found nobody listening
                     conn.sendall(protocol.frame(data))
             except OSError:
                 try:

@@ -113,6 +113,9 @@ PRUNE = (
 # Kernel modules kept in the root (paths under lib/modules/<version>/kernel/, matched as
 # prefixes); their dependencies are kept too.
 MODULES_KEPT = (
+    "fs/ext4/",
+    "fs/jbd2/",
+    "fs/mbcache",
     "fs/overlayfs/",
     "fs/squashfs/",
     "fs/erofs/",

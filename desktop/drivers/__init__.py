@@ -54,6 +54,7 @@ class VMSpec:
     link_port: int = 0  # host port forwarded to the agent (QEMU user networking)
     ssh_port: int = 0  # host port forwarded to the guest's SSH server
     extra_args: list[str] = field(default_factory=list)
+    kernel_args: str = ""  # appended to the kernel command line (e.g. "cove.debug")
 
     @property
     def serial_log(self) -> Path:

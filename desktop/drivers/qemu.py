@@ -94,6 +94,8 @@ def build_command(spec: VMSpec, accel: str, os_name: str, qemu: str,
     append = f"console={console} panic=-1 quiet loglevel=3"
     if probe:
         append += " cove.probe"
+    elif spec.kernel_args:
+        append += " " + spec.kernel_args
     cmd += ["-kernel", str(spec.kernel), "-initrd", str(spec.initramfs),
             "-append", append, "-no-reboot"]
     cmd += ["-serial", f"file:{spec.serial_log}"]
@@ -234,7 +236,11 @@ def ensure_disk(path: Path, size_gib: int) -> None:
             "refuses such disks. Convert it with `qemu-img convert -O qcow2` or `cove reset`"
         )
     check = qemu_img("check", "-q", "-U", str(path))
-    if check.returncode not in (0,):
+    if check.returncode == 3:
+        # Leaked clusters only (an unclean stop with lazy refcounts): no harm to data;
+        # give the space back.
+        qemu_img("check", "-q", "-r", "leaks", str(path))
+    elif check.returncode != 0:
         msg = (check.stderr or check.stdout).strip().splitlines()
         raise DiskError(
             f"the data disk {path} is damaged ({msg[0] if msg else 'qemu-img check failed'}); "

@@ -1,0 +1,198 @@
+"""The `cove` command line (desktop.cli), in-process, with no backend and no VM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from desktop import cli, instance
+
+
+@pytest.fixture(autouse=True)
+def cove_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "cove"
+    monkeypatch.setenv("COVE_HOME", str(home))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("COVE_INSTANCE", raising=False)
+    monkeypatch.delenv("COVE_IMAGES", raising=False)
+    monkeypatch.setattr(instance, "host_cpus", lambda: 8)
+    monkeypatch.setattr(instance, "host_memory", lambda: 16 * instance.GIB)
+
+    def no_backend(inst: instance.Instance) -> None:
+        raise AssertionError("a failed `cove start` must not launch the backend")
+
+    monkeypatch.setattr(cli, "spawn_backend", no_backend)
+    return home
+
+
+def _settings_file(home: Path, name: str = "default") -> Path:
+    return home / name / "settings.json"
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got {lines}"
+    assert lines[0].startswith("cove: error: ")
+    return lines[0]
+
+
+def test_start_cpus_zero_is_a_usage_error(cove_home: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["start", "--cpus", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and "--cpus" in last and "at least 1" in last
+    assert not _settings_file(cove_home).exists()
+
+
+def test_start_cpus_not_a_number(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["start", "--cpus", "four"])
+    assert e.value.code == 2
+    assert "'four' is not a whole number" in capsys.readouterr().err
+    assert not _settings_file(cove_home).exists()
+
+
+def test_start_too_many_cpus(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["start", "--cpus", "64"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "cpus: 64 is more than this computer has (8)" in line
+    assert not _settings_file(cove_home).exists()
+
+
+def test_start_bad_memory(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["start", "--memory", "10X"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--memory" in line and "'10X'" in line
+    assert not _settings_file(cove_home).exists()
+
+
+@pytest.mark.parametrize(("flag", "value", "field"),
+                         [("--memory", "256M", "memory"), ("--memory", "64G", "memory"),
+                          ("--disk", "4G", "disk"), ("--disk", "10T", "disk")])
+def test_start_out_of_range_sizes(cove_home: Path, capsys: pytest.CaptureFixture[str],
+                                  flag: str, value: str, field: str) -> None:
+    assert cli.main(["start", flag, value]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"cove: error: {field}: ")
+    assert not _settings_file(cove_home).exists()
+
+
+def test_start_bad_flags_leave_existing_settings_alone(
+        cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inst = instance.Instance("default")
+    inst.save_settings(instance.Settings(cpus=2, memory_mib=2048, disk_gib=64))
+    before = inst.settings_file.read_bytes()
+    mtime = inst.settings_file.stat().st_mtime_ns
+    assert cli.main(["start", "--cpus", "2", "--memory", "10X"]) == 1
+    assert cli.main(["start", "--cpus", "64"]) == 1
+    capsys.readouterr()
+    assert inst.settings_file.read_bytes() == before
+    assert inst.settings_file.stat().st_mtime_ns == mtime
+
+
+def test_start_disk_cannot_shrink(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inst = instance.Instance("default")
+    inst.save_settings(instance.Settings(cpus=2, memory_mib=2048, disk_gib=64))
+    inst.data_disk.write_bytes(b"")  # the disk exists already
+    before = inst.settings_file.read_bytes()
+    assert cli.main(["start", "--disk", "32G"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--disk" in line and "only grow" in line and "64G" in line
+    assert inst.settings_file.read_bytes() == before
+
+
+def test_start_invalid_settings_file(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = _settings_file(cove_home)
+    f.parent.mkdir(parents=True)
+    f.write_text('{"cpus": 2,')
+    assert cli.main(["start", "--cpus", "3"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(f) in line and "not valid JSON" in line
+    assert f.read_text() == '{"cpus": 2,'
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "UPPER", "images"])
+def test_start_bad_instance_name(cove_home: Path, capsys: pytest.CaptureFixture[str],
+                                 name: str) -> None:
+    assert cli.main(["start", "--instance", name]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"instance name {name!r} is not allowed" in line
+    assert not cove_home.exists()  # nothing created anywhere
+    assert not (cove_home.parent / "x").exists()
+
+
+def test_instance_from_env(cove_home: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COVE_INSTANCE", "work")
+    assert cli.main(["status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["instance"] == "work" and st["context"] == "cove-work"
+
+
+def test_status_json_never_started(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "--json"]) == 0
+    out = capsys.readouterr().out
+    st = json.loads(out)
+    assert st["state"] == "stopped"
+    assert st["docker_host"] == f"unix://{cove_home / 'default' / 'docker.sock'}"
+    assert st["instance"] == "default" and st["context"] == "cove"
+    assert st["memory"] == instance.Settings().memory_mib * instance.MIB
+    assert not _settings_file(cove_home).exists()  # status writes nothing
+
+
+def test_status_text_never_started(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "Cove (default): stopped"
+    assert f"unix://{cove_home / 'default' / 'docker.sock'}" in out
+
+
+def test_status_ignores_a_stale_pid_file(cove_home: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    folder = cove_home / "default"
+    folder.mkdir(parents=True)
+    (folder / "backend.pid").write_text("999999999 12345\n")  # no such process
+    assert cli.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "stopped"
+
+
+def test_stop_when_not_running(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stop"]) == 0
+    assert capsys.readouterr().out.strip() == "Cove (default) is not running"
+
+
+def test_delete_missing_instance(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["delete", "--force", "--instance", "nope"]) == 0
+    assert "does not exist" in capsys.readouterr().out
+
+
+def test_delete_without_terminal_needs_force(cove_home: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    inst = instance.Instance("work")
+    inst.save_settings(instance.Settings(cpus=2))
+    assert cli.main(["delete", "--instance", "work"]) == 1  # stdin is not a tty here
+    assert "--force" in _one_error_line(capsys.readouterr().err)
+    assert inst.settings_file.exists()
+    assert cli.main(["delete", "--instance", "work", "--force"]) == 0
+    assert not inst.folder.exists()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["version"]) == 0
+    from desktop import __version__
+
+    assert capsys.readouterr().out.startswith(f"cove {__version__} ")
+
+
+def test_image_unsupported_arch(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["image", "build", "--arch", "riscv64"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "riscv64" in err and "amd64" in err and "arm64" in err

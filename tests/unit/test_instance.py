@@ -1,0 +1,333 @@
+"""Instance folders and settings (desktop.instance), and the pid file (desktop.pidfile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from desktop import instance, pidfile
+from desktop.instance import GIB, MIB, Instance, Settings, SettingsError
+
+
+@pytest.fixture(autouse=True)
+def fixed_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A host with 8 CPUs and 16 GiB, whatever machine runs the tests."""
+    monkeypatch.setattr(instance, "host_cpus", lambda: 8)
+    monkeypatch.setattr(instance, "host_memory", lambda: 16 * GIB)
+    monkeypatch.setenv("COVE_HOME", str(tmp_path / "cove"))
+
+
+# -- sizes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("4G", 4 * GIB),
+        ("4g", 4 * GIB),
+        ("4GiB", 4 * GIB),
+        ("4GB", 4 * GIB),
+        ("512M", 512 * MIB),
+        ("512MiB", 512 * MIB),
+        ("2048", 2048 * MIB),  # no unit: the default unit (MiB)
+        (" 1.5G ", int(1.5 * GIB)),
+        ("1T", 2**40),
+        ("1024K", MIB),
+        (3, 3 * MIB),
+    ],
+)
+def test_parse_size(value: str | int, expected: int) -> None:
+    assert instance.parse_size(value, "--memory") == expected
+
+
+def test_parse_size_other_default_unit() -> None:
+    assert instance.parse_size("64", "--disk", GIB) == 64 * GIB
+    assert instance.parse_size("512M", "--disk", GIB) == 512 * MIB  # explicit unit wins
+
+
+@pytest.mark.parametrize("value", ["10X", "", "G", "-4G", "4 G B", "four", "4GG", "0x10"])
+def test_parse_size_errors_name_the_flag(value: str) -> None:
+    with pytest.raises(SettingsError, match="^--memory: ") as e:
+        instance.parse_size(value, "--memory")
+    assert repr(value) in str(e.value)
+    assert "4G" in str(e.value)  # and shows what a size looks like
+
+
+# -- settings ----------------------------------------------------------------------------
+
+
+def test_default_settings_are_valid() -> None:
+    s = Settings()
+    s.validate()
+    assert 1 <= s.cpus <= 4
+    assert s.memory_mib == 8192  # half of 16 GiB, at most 8 GiB
+    assert s.arch == "amd64" and s.disk_gib == 64
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"cpus": 0}, "cpus"),
+        ({"cpus": -2}, "cpus"),
+        ({"cpus": 9}, "cpus"),  # more than the host's 8
+        ({"cpus": 2.5}, "cpus"),
+        ({"cpus": True}, "cpus"),
+        ({"cpus": "4"}, "cpus"),
+        ({"memory_mib": 256}, "memory"),
+        ({"memory_mib": 16 * 1024 + 1}, "memory"),  # more than the host has
+        ({"memory_mib": "4G"}, "memory"),
+        ({"disk_gib": 4}, "disk"),
+        ({"disk_gib": 5000}, "disk"),
+        ({"disk_gib": 64.5}, "disk"),
+        ({"arch": "riscv64"}, "arch"),
+        ({"arch": "x86_64"}, "arch"),
+        ({"engine_config": ["not", "an", "object"]}, "engine_config"),
+        ({"expose_ports_on_all_interfaces": "yes"}, "expose_ports_on_all_interfaces"),
+        ({"shares": "/home"}, "shares"),
+        ({"shares": ["/home", 3]}, "shares"),
+    ],
+)
+def test_validate_names_the_field(changes: dict, field: str) -> None:
+    s = Settings(**changes)
+    with pytest.raises(SettingsError, match=f"^{field}: "):
+        s.validate()
+
+
+def test_validate_limits_say_what_the_host_has() -> None:
+    with pytest.raises(SettingsError, match=r"more than this computer has \(8\)"):
+        Settings(cpus=9).validate()
+    with pytest.raises(SettingsError, match=r"16384 MiB"):
+        Settings(memory_mib=20000).validate()
+
+
+def test_validate_accepts_the_edges() -> None:
+    Settings(cpus=8, memory_mib=16 * 1024, disk_gib=4096, arch="arm64").validate()
+    Settings(cpus=1, memory_mib=512, disk_gib=8).validate()
+
+
+def test_from_json_round_trip() -> None:
+    s = Settings(cpus=2, memory_mib=4096, disk_gib=100, arch="arm64",
+                 engine_config={"features": {"buildkit": True}}, shares=["/src"])
+    again = Settings.from_json(json.loads(json.dumps(s.to_json())))
+    assert again == s
+
+
+def test_from_json_unknown_fields_named() -> None:
+    with pytest.raises(SettingsError) as e:
+        Settings.from_json({"cpus": 2, "memroy_mib": 4096, "zzz": 1}, "settings.json")
+    msg = str(e.value)
+    assert msg.startswith("settings.json: ")
+    assert "'memroy_mib'" in msg
+    assert "memory_mib" in msg  # lists the known fields so the typo is easy to see
+
+
+@pytest.mark.parametrize("data", [[], "cpus", 3, None])
+def test_from_json_not_an_object(data: object) -> None:
+    with pytest.raises(SettingsError, match="must be a JSON object"):
+        Settings.from_json(data)
+
+
+def test_from_json_validates() -> None:
+    with pytest.raises(SettingsError, match="^cpus: "):
+        Settings.from_json({"cpus": 0})
+
+
+# -- instance names and folders ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "work", "a", "dev-2", "x_y", "0abc", "a" * 31])
+def test_valid_names(name: str) -> None:
+    home = Path("/nonexistent-cove-home")  # short, so the socket paths fit
+    inst = Instance(name, home)
+    assert inst.folder == home / name
+    assert inst.settings_file == home / name / "settings.json"
+    assert inst.docker_socket == home / name / "docker.sock"
+    assert not inst.exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a/b", "..", ".", "", "UPPER", "Work", "images", "-x", "_x", "a b", "a" * 32,
+     "../x", "x/..", "é", "a\x00", "a\nb"],
+)
+def test_invalid_names(name: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with pytest.raises(SettingsError, match="instance name") as e:
+        Instance(name, home)
+    assert repr(name) in str(e.value)
+    assert not home.exists()  # nothing was created
+
+
+def test_name_with_trailing_newline_refused(tmp_path: Path) -> None:
+    """`$` in NAME_RE also matches before a final newline, so "default\\n" slipped through
+    and would name a folder (and a docker context) with a newline in it."""
+    for name in ("default\n", "work\n"):
+        with pytest.raises(SettingsError, match="instance name"):
+            Instance(name, tmp_path)
+    (tmp_path / "work\n").mkdir()
+    assert instance.list_instances(tmp_path) == []
+
+
+def test_context_names(tmp_path: Path) -> None:
+    assert Instance("default", tmp_path).context_name == "cove"
+    assert Instance("work", tmp_path).context_name == "cove-work"
+
+
+def test_home_from_env(tmp_path: Path) -> None:
+    assert Instance().folder == tmp_path / "cove" / "default"
+
+
+def test_socket_path_too_long(tmp_path: Path) -> None:
+    home = tmp_path / ("d" * (instance.SOCKET_PATH_LIMIT - len(str(tmp_path))))
+    with pytest.raises(SettingsError, match="socket path") as e:
+        Instance("default", home)
+    assert "COVE_HOME" in str(e.value)
+
+
+def test_save_and_load_settings(tmp_path: Path) -> None:
+    inst = Instance("work", tmp_path)
+    assert inst.load_settings() == Settings()  # no file: the defaults
+    assert not inst.exists()
+    s = Settings(cpus=3, memory_mib=3072, disk_gib=80)
+    inst.save_settings(s)
+    assert inst.exists()
+    assert inst.folder.stat().st_mode & 0o777 == 0o700
+    assert inst.load_settings() == s
+    assert json.loads(inst.settings_file.read_text())["cpus"] == 3
+    assert not list(inst.folder.glob("*.tmp"))
+
+
+def test_save_settings_refuses_invalid(tmp_path: Path) -> None:
+    inst = Instance("work", tmp_path)
+    inst.save_settings(Settings(cpus=2))
+    before = inst.settings_file.read_bytes()
+    with pytest.raises(SettingsError, match="cpus"):
+        inst.save_settings(Settings(cpus=0))
+    assert inst.settings_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("text", ['{"cpus": 2,', "not json", '{"cpus": 2} trailing'])
+def test_load_settings_invalid_json(tmp_path: Path, text: str) -> None:
+    inst = Instance("default", tmp_path)
+    inst.ensure_folder()
+    inst.settings_file.write_text(text)
+    mtime = inst.settings_file.stat().st_mtime_ns
+    with pytest.raises(SettingsError) as e:
+        inst.load_settings()
+    assert str(inst.settings_file) in str(e.value)
+    assert "not valid JSON" in str(e.value)
+    assert inst.settings_file.read_text() == text
+    assert inst.settings_file.stat().st_mtime_ns == mtime
+
+
+def test_load_settings_invalid_values_name_the_file(tmp_path: Path) -> None:
+    inst = Instance("default", tmp_path)
+    inst.ensure_folder()
+    inst.settings_file.write_text('{"cpus": 4, "colour": "blue"}')
+    with pytest.raises(SettingsError, match="'colour'") as e:
+        inst.load_settings()
+    assert str(inst.settings_file) in str(e.value)
+
+
+def test_list_instances(tmp_path: Path) -> None:
+    assert instance.list_instances(tmp_path / "none") == []
+    for name in ("work", "default", "images", "Bad", ".hidden"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "afile").write_text("")
+    assert instance.list_instances(tmp_path) == ["default", "work"]
+
+
+# -- sockets -----------------------------------------------------------------------------
+
+
+def test_remove_socket_refuses_a_regular_file(tmp_path: Path) -> None:
+    f = tmp_path / "docker.sock"
+    f.write_text("precious")
+    with pytest.raises(SettingsError, match="not a socket"):
+        instance.remove_socket(f)
+    assert f.read_text() == "precious"
+
+
+def test_remove_socket_refuses_a_folder_and_a_symlink(tmp_path: Path) -> None:
+    d = tmp_path / "dir.sock"
+    d.mkdir()
+    with pytest.raises(SettingsError):
+        instance.remove_socket(d)
+    assert d.is_dir()
+    # A symlink to a socket is not itself a socket: it stays.
+    real = tmp_path / "real.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(real))
+    link = tmp_path / "link.sock"
+    link.symlink_to(real)
+    with pytest.raises(SettingsError):
+        instance.remove_socket(link)
+    assert link.is_symlink() and real.exists()
+
+
+def test_remove_socket_removes_a_socket(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    assert path.exists()
+    instance.remove_socket(path)
+    assert not path.exists()
+    instance.remove_socket(path)  # already gone: fine
+
+
+# -- pid file ----------------------------------------------------------------------------
+
+
+def test_pidfile_current_process(tmp_path: Path) -> None:
+    path = tmp_path / "backend.pid"
+    pidfile.write(path)
+    assert pidfile.read_live(path) == os.getpid()
+    pid_s, start = path.read_text().split()
+    assert pid_s == str(os.getpid()) and start == pidfile.process_start_time(os.getpid())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_pidfile_wrong_start_time_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "backend.pid"
+    start = pidfile.process_start_time(os.getpid())
+    assert start
+    # The same pid with another start time: the pid was reused by another process.
+    path.write_text(f"{os.getpid()} {int(start) + 1}\n")
+    assert pidfile.read_live(path) is None
+
+
+def test_pidfile_dead_process_is_stale(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = pidfile.process_start_time(proc.pid)
+    path = tmp_path / "backend.pid"
+    pidfile.write(path, proc.pid)
+    proc.wait()
+    assert pidfile.process_start_time(proc.pid) == ""
+    assert pidfile.read_live(path) is None
+    assert start != ""
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "12", "0 123", "-5 1", "1 2 3", "abc def"])
+def test_pidfile_unreadable_is_stale(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "backend.pid"
+    path.write_text(text)
+    assert pidfile.read_live(path) is None
+    assert pidfile.read_live(tmp_path / "missing.pid") is None
+
+
+def test_pidfile_remove_if_ours(tmp_path: Path) -> None:
+    ours = tmp_path / "ours.pid"
+    pidfile.write(ours)
+    pidfile.remove_if_ours(ours)
+    assert not ours.exists()
+    theirs = tmp_path / "theirs.pid"
+    theirs.write_text("1 1\n")
+    pidfile.remove_if_ours(theirs)
+    assert theirs.exists()
+    pidfile.remove_if_ours(tmp_path / "missing.pid")
