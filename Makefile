@@ -8,7 +8,7 @@ export COVE_HOME ?= $(HOME)/.cove
 
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools kmod \
 	busybox-static ca-certificates iproute2 python3-venv docker-registry \
-	xvfb xauth stalonetray libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
+	xvfb xauth libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
 	libxcb-xinerama0 libxcb-image0 libdbus-1-3 libfontconfig1
 
@@ -29,7 +29,7 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)"; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@command -v docker >/dev/null || { echo "the docker CLI is missing (apt-get install docker-cli or docker.io)"; exit 1; }
+	@command -v docker >/dev/null || sh installers/linux/install-docker-cli.sh
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
-from desktop import context, pidfile
+from desktop import context, pidfile, ssh
 from desktop.control import ControlError
 from desktop.drivers import DriverError, VMSpec
 from desktop.drivers.qemu import QemuDriver, free_port
@@ -123,6 +123,7 @@ class Backend:
         self.channel: ControlChannel | None = None
         self.agent_hello: dict[str, Any] = {}
         self.engine_version = ""
+        self.engine_ready_at: float | None = None
         self.guest_ports: list[dict[str, Any]] = []
         self._engine_up = threading.Event()
         self._stop = threading.Event()
@@ -157,6 +158,11 @@ class Backend:
             "uptime": round(time.time() - self.running_at, 1) if self.running_at else 0,
             "pid": os.getpid(),
             "qemu_pid": self.driver.pid() if self.driver else None,
+            "link_port": self.spec.link_port if self.spec else 0,
+            "ssh_port": self.spec.ssh_port if self.spec else 0,
+            "ssh_config": str(self.inst.folder / "ssh_config"),
+            "agent_start": self.agent_hello.get("agent_start"),
+            "engine_ready_at": self.agent_hello.get("engine_ready_at") or self.engine_ready_at,
             "reason": self.reason,
             "ports": self.guest_ports,
         }
@@ -203,6 +209,9 @@ class Backend:
     def _boot(self) -> None:
         inst, s = self.inst, self.settings
         self.set_state("starting", step="image")
+        # Before anything boots: a stale socket goes, anything else there stays (and stops
+        # the start with a message naming it).
+        remove_socket(inst.docker_socket)
         image = vm_image.find_image(s.arch)
         if image is None:
             raise StartError(
@@ -210,18 +219,21 @@ class Backend:
                 f"build it with `cove image build --arch {s.arch}` (as root)"
             )
         token = secrets.token_hex(32)
+        boot_config = {"token": token, "network": "user",
+                       "ssh_authorized_key": ssh.ensure_key(inst.folder)}
         old = os.umask(0o177)
         try:
             inst.boot_config.unlink(missing_ok=True)
-            inst.boot_config.write_text(json.dumps({"token": token, "network": "user"}))
+            inst.boot_config.write_text(json.dumps(boot_config))
         finally:
             os.umask(old)
         self.spec = VMSpec(
             name=inst.name, folder=inst.folder, kernel=image.kernel,
             initramfs=image.initramfs, root_image=image.root, data_disk=inst.data_disk,
             boot_config=inst.boot_config, cpus=s.cpus, memory_mib=s.memory_mib,
-            disk_gib=s.disk_gib, arch=s.arch, link_port=free_port(),
+            disk_gib=s.disk_gib, arch=s.arch, link_port=free_port(), ssh_port=free_port(),
         )
+        ssh.write_config(inst.folder, inst.context_name, self.spec.ssh_port)
         self.driver = QemuDriver(s.arch, accel_cache=inst.home / "accel.json")
         self.set_state("starting", step="disk")
         self.driver.create(self.spec)
@@ -314,6 +326,7 @@ class Backend:
             st = ev.get("state")
             if st == "running":
                 self.engine_version = ev.get("version", self.engine_version)
+                self.engine_ready_at = ev.get("ready_at", self.engine_ready_at)
                 self._engine_up.set()
                 if self.state == "degraded":
                     self.set_state("running", engine_version=self.engine_version)

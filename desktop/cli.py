@@ -356,6 +356,27 @@ def _follow(path: Path) -> None:
             return
 
 
+def cmd_shell(args: argparse.Namespace) -> int:
+    from desktop import ssh
+
+    inst = _instance(args)
+    st = status_of(inst)
+    if st["state"] != "running":
+        raise CliError(f"Cove ({inst.name}) is {st['state']}; start it with `cove start`")
+    try:
+        if args.cmd:
+            import shlex
+
+            return ssh.run(inst.folder, st["ssh_port"], shlex.join(args.cmd))
+        if not sys.stdin.isatty():
+            return ssh.run(inst.folder, st["ssh_port"], "sh -s", feed_stdin=True)
+        return ssh.interactive(inst.folder, st["ssh_port"])
+    except (OSError, EOFError) as e:
+        raise CliError(f"could not open a shell in the VM: {e}") from e
+    except Exception as e:  # paramiko's SSHException family
+        raise CliError(f"could not open a shell in the VM: {e}") from e
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     import platform
 
@@ -426,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "serial"])
     lg.add_argument("--follow", "-f", action="store_true")
     lg.add_argument("--lines", "-n", type=positive_int, default=50)
+    sh = add("shell", cmd_shell, "a shell (or a command) in the VM, over SSH")
+    sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run instead of a shell")
     add("version", cmd_version, "print Cove's version")
     add("backend", cmd_backend, argparse.SUPPRESS)
     img = sub.add_parser("image", help="build or locate the guest image")

@@ -29,7 +29,8 @@ def static_busybox() -> Path:
                      "apt-get install busybox-static")
 
 
-def build_hello_image(docker: list[str], tag: str = HELLO_IMAGE) -> None:
+def build_hello_image(docker: list[str], tag: str = HELLO_IMAGE,
+                      env: dict[str, str] | None = None) -> None:
     """Build `tag` (FROM scratch + static busybox) with the given docker command."""
     with tempfile.TemporaryDirectory() as d:
         shutil.copy2(static_busybox(), Path(d) / "busybox")
@@ -40,7 +41,7 @@ def build_hello_image(docker: list[str], tag: str = HELLO_IMAGE) -> None:
             'CMD ["/bin/sh"]\n'
         )
         subprocess.run([*docker, "build", "-q", "-t", tag, d], check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, env=env)
 
 
 def main() -> int:

@@ -30,6 +30,19 @@ KEY_POWER = 116
 EV_KEY = 1
 TIME_DRIFT_NS = 100_000_000  # correct the clock when it is off by more than 100 ms
 TRIM_INTERVAL = 24 * 3600
+SSH_PORT = 22
+
+
+def start_ssh(authorized_key: str) -> None:
+    """dropbear for `cove shell` and IDEs: key login only, host keys made per boot."""
+    ssh = Path("/root/.ssh")
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    (ssh / "authorized_keys").write_text(authorized_key.strip() + "\n")
+    (ssh / "authorized_keys").chmod(0o600)
+    Path("/etc/dropbear").mkdir(exist_ok=True)
+    subprocess.Popen(["dropbear", "-R", "-E", "-s", "-p", str(SSH_PORT)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=open(boot.RUN_DIR / "dropbear.log", "ab"))  # noqa: SIM115
 
 
 class Agent:
@@ -41,7 +54,7 @@ class Agent:
         self.shutdown_reason = ""
         self.link = server.LinkServer("", self)
         self.engine = engine.Engine(self.link.broadcast)
-        self.ports = PortWatcher(self.link.broadcast, own_ports={protocol.AGENT_PORT, 22})
+        self.ports = PortWatcher(self.link.broadcast, own_ports={protocol.AGENT_PORT, SSH_PORT})
         self.time_adjustments = 0
 
     # -- Controller ------------------------------------------------------------------
@@ -148,10 +161,17 @@ class Agent:
         if self.link.token:
             iface = self.info.network.get("interface")
             if iface:
+                for port in (protocol.AGENT_PORT, SSH_PORT):
+                    try:
+                        boot.guard_port(port, iface)
+                    except (RuntimeError, OSError) as e:
+                        self.info.errors.append(f"firewall: {e}")
+            key = str(self.info.config.get("ssh_authorized_key", ""))
+            if key:
                 try:
-                    boot.guard_port(protocol.AGENT_PORT, iface)
+                    start_ssh(key)
                 except (RuntimeError, OSError) as e:
-                    self.info.errors.append(f"firewall: {e}")
+                    self.info.errors.append(f"ssh: {e}")
             self.link.start()
             for path in _virtio_ports(protocol.CONTROL_PORT_NAME):
                 threading.Thread(target=server.serve_virtio_port, args=(path, self.link),

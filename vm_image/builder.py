@@ -232,8 +232,20 @@ def build(
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune_images(idir, a.name, keep=final)
     say(f"guest image {key} built in {manifest['build_seconds']} s")
     return Image(final, key, a.name)
+
+
+def _prune_images(idir: Path, arch: str, keep: Path) -> None:
+    """Drop older images of `arch`, keeping `keep` and the newest other one (a running
+    instance may still use it; it is also the fallback should a later build fail)."""
+    others = sorted(
+        (p for p in idir.glob(f"{arch}-*") if p != keep and (p / "manifest.json").is_file()),
+        key=lambda p: (p / "manifest.json").stat().st_mtime,
+    )
+    for old in others[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:

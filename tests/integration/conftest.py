@@ -1,0 +1,125 @@
+"""Integration tests: a real VM booted by `cove start`, driven by the real docker CLI and
+the Docker SDK through Cove's socket.
+
+One instance is booted per session (tests that share it must not stop it); the
+lifecycle tests that stop, kill and restart the VM run last (see test_zz_lifecycle.py).
+The guest image comes from the shared cache (`COVE_IMAGES`, default ~/.cove/images),
+which `make test` fills before pytest runs; everything else lives in a temporary
+COVE_HOME and DOCKER_CONFIG, so the developer's own instances and docker config are
+never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = "cove-hello"
+
+
+class Cove:
+    """The session's instance: its environment and helpers to run cove and docker."""
+
+    def __init__(self, home: Path, docker_config: Path, name: str = "default") -> None:
+        self.home = home
+        self.name = name
+        self.docker_config = docker_config
+        self.env = {**os.environ, "COVE_HOME": str(home), "DOCKER_CONFIG": str(docker_config)}
+        self.env.pop("DOCKER_HOST", None)
+        self.env.pop("DOCKER_CONTEXT", None)
+        self.env.setdefault("COVE_IMAGES", str(Path.home() / ".cove" / "images"))
+
+    @property
+    def folder(self) -> Path:
+        return self.home / self.name
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "docker.sock"
+
+    @property
+    def context(self) -> str:
+        return "cove" if self.name == "default" else f"cove-{self.name}"
+
+    def cove(self, *args: str, check: bool = True, timeout: float = 600,
+             input: str | None = None) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "desktop", *args]
+        if args and args[0] not in ("image", "version"):
+            argv[3:4] = [args[0], "--instance", self.name]
+        proc = subprocess.run(argv,
+                              env=self.env, capture_output=True, text=True, timeout=timeout,
+                              cwd=ROOT, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"cove {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 300,
+               input: str | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["docker", "--context", self.context, *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def status(self) -> dict:
+        import json
+
+        return json.loads(self.cove("status", "--json").stdout)
+
+    def control(self, op: str, **params: object) -> object:
+        from desktop.control import ControlClient
+
+        return ControlClient(self.folder / "control.sock").request(op, **params)
+
+
+@pytest.fixture(scope="session")
+def cove_home() -> Iterator[tuple[Path, Path]]:
+    # Short on purpose: socket paths must stay under 104 bytes.
+    d = Path(tempfile.mkdtemp(prefix="cove-it-"))
+    home, dcfg = d / "home", d / "docker"
+    home.mkdir()
+    dcfg.mkdir()
+    yield home, dcfg
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cove(cove_home: tuple[Path, Path]) -> Iterator[Cove]:
+    """A running instance (booted once per session), deleted at the end."""
+    c = Cove(*cove_home)
+    images = Path(c.env["COVE_IMAGES"])
+    assert images.is_dir(), f"no guest images in {images}: run `make image` first"
+    c.cove("start", "--cpus", "2", "--memory", "2G", timeout=900)
+    try:
+        yield c
+    finally:
+        c.cove("delete", "--force", check=False, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def hello_image(cove: Cove) -> str:
+    """`cove-hello`: FROM scratch + Debian's static busybox, built in the VM."""
+    sys.path.insert(0, str(ROOT))
+    from desktop.demo import build_hello_image
+
+    build_hello_image(["docker", "--context", cove.context], HELLO, env=cove.env)
+    return HELLO
+
+
+@pytest.fixture(scope="session")
+def sdk(cove: Cove) -> Iterator[object]:
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{cove.socket}", timeout=300)
+    yield client
+    client.close()

@@ -1,0 +1,73 @@
+"""The built guest image: its manifest, its cache, and that it boots the engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT, Cove
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def image_dir(cove: Cove) -> Path:
+    env = {**os.environ, "COVE_IMAGES": cove.env["COVE_IMAGES"]}
+    out = subprocess.run([sys.executable, "-m", "vm_image", "build"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=1800, check=True)
+    return Path(json.loads(out.stdout)["path"])
+
+
+def test_cached_build_reuses_the_image(cove: Cove, image_dir: Path) -> None:
+    env = {**os.environ, "COVE_IMAGES": cove.env["COVE_IMAGES"]}
+    before = (image_dir / "manifest.json").read_bytes()
+    out = subprocess.run([sys.executable, "-m", "vm_image", "build"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout)["path"] == str(image_dir)
+    assert "up to date" in out.stderr
+    assert (image_dir / "manifest.json").read_bytes() == before
+
+
+def test_manifest_matches_the_files(image_dir: Path) -> None:
+    m = json.loads((image_dir / "manifest.json").read_text())
+    assert m["arch"] == "amd64" and m["suite"] == "trixie" and m["key"] == image_dir.name
+    for name in ("vmlinuz", "initramfs", "root.sqfs"):
+        data = (image_dir / name).read_bytes()
+        assert m["files"][name]["size"] == len(data)
+        assert m["files"][name]["sha256"] == hashlib.sha256(data).hexdigest()
+    pk = m["packages"]
+    assert pk["docker.io"].startswith("26.")
+    for name in ("containerd", "runc", "tini", "iptables", "e2fsprogs", "python3"):
+        assert name in pk
+    assert not any(n.startswith(("systemd", "udev")) for n in pk)
+
+
+def test_sizes_stay_in_budget(image_dir: Path) -> None:
+    assert (image_dir / "root.sqfs").stat().st_size <= 150 * MiB
+    assert (image_dir / "initramfs").stat().st_size <= 4 * MiB
+
+
+def test_root_has_no_docs_and_the_agent(image_dir: Path, tmp_path: Path) -> None:
+    listing = subprocess.run(["unsquashfs", "-l", "-d", "", str(image_dir / "root.sqfs")],
+                             capture_output=True, text=True, check=True).stdout.split()
+    names = set(listing)
+    assert "/usr/lib/python3/dist-packages/guest_engine/agent.py" in names
+    assert "/usr/sbin/dockerd" in names and "/usr/bin/containerd" in names
+    assert not [n for n in names if n.startswith(("/usr/share/man/", "/usr/share/doc/",
+                                                  "/usr/share/locale/"))]
+    assert any(n.endswith("modules.dep") for n in names)
+
+
+def test_engine_in_the_vm_answers_and_runs_a_container(cove: Cove, hello_image: str) -> None:
+    info = json.loads(cove.docker("info", "--format", "{{json .}}").stdout)
+    assert info["ServerVersion"].startswith("26.")
+    assert info["Driver"] == "overlay2" and info["CgroupVersion"] == "2"
+    assert info["DockerRootDir"] == "/var/lib/docker"
+    out = cove.docker("run", "--rm", hello_image, "sh", "-c", "echo line-from-the-vm")
+    assert out.stdout == "line-from-the-vm\n"
