@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -28,7 +29,7 @@ from typing import Any
 import vm_image
 from desktop import context, pidfile, ssh
 from desktop.control import ControlError
-from desktop.drivers import DriverError, VMSpec
+from desktop.drivers import Driver, DriverError, VMSpec
 from desktop.drivers.qemu import QemuDriver, free_port
 from desktop.instance import Instance, Settings, SettingsError, remove_socket
 from desktop.link import AgentError, ControlChannel, Link, LinkError
@@ -45,6 +46,11 @@ STOP_ACPI_TIMEOUT = 20.0
 
 class StartError(Exception):
     """The VM or the engine did not come up; the message says why."""
+
+
+def kernel_crashed(serial: str) -> bool:
+    """Whether the guest's console shows a kernel crash (not a failure of Cove's own)."""
+    return any(s in serial for s in ("Kernel panic", "Oops:", "BUG:", "general protection"))
 
 
 def _listen_unix(path: Path) -> socket.socket:
@@ -109,15 +115,20 @@ class EventLog:
 
 
 class Backend:
-    def __init__(self, instance: Instance) -> None:
+    """`driver` and `image` are for tests (a fake hypervisor); by default the QEMU driver
+    and the image built for this version of Cove."""
+
+    def __init__(self, instance: Instance, driver: Driver | None = None,
+                 image: vm_image.Image | None = None) -> None:
         self.inst = instance
+        self.image = image
         self.settings: Settings = instance.load_settings()
         self.events = EventLog(instance.events_log)
         self.state = "stopped"
         self.reason = ""
         self.started_at: float | None = None
         self.running_at: float | None = None
-        self.driver: QemuDriver | None = None
+        self.driver: Driver | None = driver
         self.spec: VMSpec | None = None
         self.link: Link | None = None
         self.channel: ControlChannel | None = None
@@ -164,6 +175,7 @@ class Backend:
             "agent_start": self.agent_hello.get("agent_start"),
             "engine_ready_at": self.agent_hello.get("engine_ready_at") or self.engine_ready_at,
             "reason": self.reason,
+            "engine_error": self.agent_hello.get("engine_error", ""),
             "ports": self.guest_ports,
         }
 
@@ -212,14 +224,14 @@ class Backend:
         # Before anything boots: a stale socket goes, anything else there stays (and stops
         # the start with a message naming it).
         remove_socket(inst.docker_socket)
-        image = vm_image.find_image(s.arch)
+        image = self.image or vm_image.find_image(s.arch)
         if image is None:
             raise StartError(
                 f"no guest image for {s.arch} matches this version of Cove; "
                 f"build it with `cove image build --arch {s.arch}` (as root)"
             )
         token = secrets.token_hex(32)
-        boot_config = {"token": token, "network": "user",
+        boot_config = {"token": token, "network": "user", "engine_config": s.engine_config,
                        "ssh_authorized_key": ssh.ensure_key(inst.folder)}
         old = os.umask(0o177)
         try:
@@ -234,18 +246,29 @@ class Backend:
             disk_gib=s.disk_gib, arch=s.arch, link_port=free_port(), ssh_port=free_port(),
         )
         ssh.write_config(inst.folder, inst.context_name, self.spec.ssh_port)
-        self.driver = QemuDriver(s.arch, accel_cache=inst.home / "accel.json")
+        if self.driver is None:
+            self.driver = QemuDriver(s.arch, accel_cache=inst.home / "accel.json")
         self.set_state("starting", step="disk")
         self.driver.create(self.spec)
-        self.set_state("starting", step="vm", image=image.key)
-        self.driver.start(self.spec)
-        threading.Thread(target=self._watch_vm, daemon=True, name="vm-watch").start()
-        self.set_state("starting", step="agent", accel=self.driver.accel,
-                       accel_notes=self.driver.accel_notes)
-        self.link = Link("127.0.0.1", self.spec.link_port, token)
-        self.channel = ControlChannel(self.link, self._on_agent_event, self._on_link_state)
-        if not self.channel.wait_connect(AGENT_TIMEOUT, alive=self._vm_alive):
+        for attempt in (1, 2):
+            self.set_state("starting", step="vm", image=image.key, attempt=attempt)
+            self.driver.start(self.spec)
+            host, port = self.driver.link_address()
+            self.link = Link(host, port, token)
+            self.channel = ControlChannel(self.link, self._on_agent_event,
+                                          self._on_link_state)
+            self.set_state("starting", step="agent", accel=self.driver.accel,
+                           accel_notes=self.driver.accel_notes)
+            if self.channel.wait_connect(AGENT_TIMEOUT, alive=self._vm_alive):
+                break
+            if attempt == 1 and not self._vm_alive() and kernel_crashed(self.serial_tail(400)):
+                # Software emulation on SMP guests occasionally trips the kernel's live
+                # code patching early in boot ("Oops: int3"); a second boot gets past it.
+                log.warning("the guest kernel crashed while booting; booting it again")
+                shutil.copyfile(self.inst.serial_log, self.inst.folder / "serial.crash.log")
+                continue
             raise StartError("the guest agent did not answer " + self._why_not_up())
+        threading.Thread(target=self._watch_vm, daemon=True, name="vm-watch").start()
         self.set_state("starting", step="engine",
                        agent_version=self.agent_hello.get("agent_version"))
         deadline = time.monotonic() + ENGINE_TIMEOUT
@@ -277,7 +300,7 @@ class Backend:
 
     def _watch_vm(self) -> None:
         assert self.driver is not None
-        self.driver.wait(None)  # type: ignore[arg-type]
+        self.driver.wait(None)
         if not self._stop.is_set():
             self.set_state("error", reason="the VM stopped unexpectedly; the guest's last "
                            "lines:\n" + self.serial_tail())

@@ -114,10 +114,11 @@ def wait_running(inst: Instance, proc: subprocess.Popen | None, quiet: bool = Fa
                  timeout: float = 600) -> dict[str, Any]:
     """Follow the backend's events until running (returns status) or error (raises)."""
     client = _client(inst)
+    since = time.time() - 1
     deadline = time.monotonic() + timeout
     while not inst.control_socket.exists():
         if proc is not None and proc.poll() is not None:
-            raise CliError(_backend_died(inst))
+            raise CliError(_logged_error(inst, since) or _backend_died(inst))
         if time.monotonic() > deadline:
             raise CliError("the backend did not start; see " + str(inst.backend_log))
         time.sleep(0.05)
@@ -141,12 +142,32 @@ def wait_running(inst: Instance, proc: subprocess.Popen | None, quiet: bool = Fa
                 break
     except ControlError:
         pass
+    # The backend may have ended before we could follow it: its events log still says why.
+    error = error or _logged_error(inst, since)
     if error:
         lines = error.splitlines()
         if len(lines) > 1:
             _say("\n".join(lines[1:]))
         raise CliError(lines[0])
     raise CliError(_backend_died(inst))
+
+
+def _logged_error(inst: Instance, since: float) -> str:
+    """The reason of the last error event written to events.log after `since`."""
+    try:
+        lines = inst.events_log.read_text().splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("time", 0) < since:
+            break
+        if ev.get("event") == "error":
+            return str(ev.get("reason", "unknown error"))
+    return ""
 
 
 def _backend_died(inst: Instance) -> str:

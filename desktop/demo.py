@@ -37,7 +37,8 @@ def build_hello_image(docker: list[str], tag: str = HELLO_IMAGE,
         (Path(d) / "Dockerfile").write_text(
             "FROM scratch\n"
             "COPY busybox /bin/busybox\n"
-            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+            'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox --install -s /bin && '
+            'mkdir -p /tmp /root /etc && chmod 1777 /tmp"]\n'
             'CMD ["/bin/sh"]\n'
         )
         subprocess.run([*docker, "build", "-q", "-t", tag, d], check=True,

@@ -54,6 +54,31 @@ class Link:
         return s
 
 
+class SerialLink(Link):
+    """The control channel over the VM's virtio-serial port (QEMU's chardev socket).
+
+    It carries one stream, the control channel: data streams need `Link` (TCP).
+    """
+
+    def __init__(self, path: str, token: str) -> None:
+        super().__init__("", 0, token)
+        self.path = path
+
+    def open(self, op: str, arg: int | None = None, timeout: float = 5.0) -> socket.socket:
+        if op != "control":
+            raise LinkError(f"the virtio-serial port carries only the control channel, not {op}")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(self.path)
+        except OSError as e:
+            s.close()
+            raise LinkError(f"cannot reach the guest's serial port {self.path}: {e}") from e
+        s.settimeout(None)
+        s.sendall(protocol.encode_header(self.token, op, arg))
+        return s
+
+
 class ControlChannel:
     """A request/reply + events session with the agent, reconnecting when it drops."""
 

@@ -75,6 +75,7 @@ class Agent:
             "agent_version": __version__,
             "engine_version": self.engine.version,
             "engine_state": self.engine.state,
+            "engine_error": self.engine.error,
             "kernel": os.uname().release,
             "arch": os.uname().machine,
             "image": _read_json("/etc/cove/image.json").get("key", ""),
@@ -151,7 +152,7 @@ class Agent:
     def start_engine(self) -> None:
         """Start the engine as early as the data disk allows; the rest boots meanwhile."""
         if self.info.data_device:
-            self.engine.start()
+            self.engine.start(self.info.config.get("engine_config"))
         else:
             self.engine.state = "failed"
             self.engine.error = "no data disk"

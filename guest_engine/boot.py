@@ -315,8 +315,12 @@ def balloon_present() -> bool:
 
 
 def early(info: BootInfo) -> None:
-    """What the engine needs before it can start: modules, sysctls, the data disk."""
+    """What the engine needs before it can start: modules, sysctls, the data disk, and
+    the host's boot config (it may carry the engine's config)."""
     load_modules()
+    info.config = read_boot_config()
+    if not info.config:
+        info.errors.append("no boot config (secret) from the host")
     set_sysctls()
     try:
         info.data_device, info.disk = setup_data_disk()
@@ -326,10 +330,7 @@ def early(info: BootInfo) -> None:
 
 
 def late(info: BootInfo) -> None:
-    """What the link needs (runs while the engine starts): the boot config, the network."""
-    info.config = read_boot_config()
-    if not info.config:
-        info.errors.append("no boot config (secret) from the host")
+    """What the link needs (runs while the engine starts): the network."""
     try:
         info.network = setup_network(info.config)
     except Exception as e:  # noqa: BLE001

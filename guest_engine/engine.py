@@ -97,11 +97,26 @@ class Engine:
         log.info("engine %s %s", state, extra or "")
         self.notify({"event": "engine", "state": state, **extra})
 
-    def start(self) -> None:
-        """Start both daemons and the watcher thread; returns at once."""
+    def start(self, config: object = None) -> None:
+        """Start both daemons and the watcher thread; returns at once.
+
+        `config` is the engine config the host's settings hold (daemon.json as an
+        object); it replaces the one on the data disk when it differs and dockerd accepts
+        it. A refused one is logged and reported; the one in force stays.
+        """
         if not DAEMON_JSON.exists():
             DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
             DAEMON_JSON.write_text("{}\n")
+        if isinstance(config, dict):
+            try:
+                current = json.loads(DAEMON_JSON.read_text())
+            except ValueError:
+                current = None
+            if current != config:
+                ok, message = self._install_config(config)
+                if not ok:
+                    self.error = f"the engine config from the settings was refused: {message}"
+                    log.error("%s", self.error)
         threading.Thread(target=self._supervise, daemon=True, name="engine").start()
 
     def _launch(self) -> bool:
@@ -185,6 +200,20 @@ class Engine:
         """
         if not isinstance(config, dict):
             return False, "the engine config must be a JSON object"
+        previous = DAEMON_JSON.read_text() if DAEMON_JSON.exists() else "{}\n"
+        ok, message = self._install_config(config)
+        if not ok:
+            return False, message
+        if self.restart_dockerd():
+            return True, "applied; the engine restarted"
+        DAEMON_JSON.write_text(previous)
+        self.restart_dockerd()
+        return False, ("dockerd did not start with the new config; the previous config is "
+                       "back in force. dockerd said: " + tail_log("dockerd", 5))
+
+    @staticmethod
+    def _install_config(config: dict) -> tuple[bool, str]:
+        """Validate `config` with dockerd itself and, if accepted, write daemon.json."""
         candidate = DAEMON_JSON.with_suffix(".json.new")
         candidate.write_text(json.dumps(config, indent=2) + "\n")
         proc = subprocess.run(["dockerd", "--validate", "--config-file", str(candidate)],
@@ -193,14 +222,8 @@ class Engine:
             candidate.unlink()
             msg = (proc.stderr or proc.stdout).strip()
             return False, msg or f"dockerd --validate exited {proc.returncode}"
-        previous = DAEMON_JSON.read_text() if DAEMON_JSON.exists() else "{}\n"
         candidate.replace(DAEMON_JSON)
-        if self.restart_dockerd():
-            return True, "applied; the engine restarted"
-        DAEMON_JSON.write_text(previous)
-        self.restart_dockerd()
-        return False, ("dockerd did not start with the new config; the previous config is "
-                       "back in force. dockerd said: " + tail_log("dockerd", 5))
+        return True, "installed"
 
 
 def tail_log(name: str, lines: int = 100) -> str:

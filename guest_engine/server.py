@@ -249,31 +249,29 @@ class LinkServer:
 def serve_virtio_port(path: str, server: LinkServer) -> None:
     """Run control sessions over a virtio-serial port, one after another, forever.
 
-    The port cannot be closed from this side, so a session ends when the host goes away
-    (reads return EOF) and the next one must again open with a valid header.
+    The port stays open for the agent's life: closing it would discard whatever the host
+    sent meanwhile (the kernel drops a port's buffered input on release). Reads return
+    EOF while no host is connected; a session ends when the host goes away, and the next
+    one must again open with a valid header.
     """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as e:
+        log.warning("virtio-serial control port %s: %s", path, e)
+        return
+    rfile = os.fdopen(fd, "rb", buffering=0)
+    wfile = os.fdopen(os.dup(fd), "wb", buffering=0)
     while True:
+        line = rfile.readline()
+        if not line:
+            threading.Event().wait(0.1)  # no host connected
+            continue
         try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError as e:
-            log.warning("virtio-serial control port %s: %s", path, e)
-            return
-        rfile = os.fdopen(fd, "rb", buffering=0)
-        wfile = os.fdopen(os.dup(fd), "wb", buffering=0)
-        try:
-            line = rfile.readline()
-            if not line:
-                threading.Event().wait(0.2)  # host not connected
-                continue
-            try:
-                header = protocol.parse_header(line)
-                ok = header.op == "control" and protocol.token_ok(server.token, header.token)
-            except protocol.ProtocolError:
-                ok = False
-            if not ok:
-                log.warning("virtio-serial: header refused")
-                continue
-            server.open_control(rfile, wfile).serve()
-        finally:
-            rfile.close()
-            wfile.close()
+            header = protocol.parse_header(line)
+            ok = header.op == "control" and protocol.token_ok(server.token, header.token)
+        except protocol.ProtocolError:
+            ok = False
+        if not ok:
+            log.warning("virtio-serial: header refused")
+            continue
+        server.open_control(rfile, wfile).serve()

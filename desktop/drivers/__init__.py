@@ -72,6 +72,8 @@ class VMSpec:
 class Driver(Protocol):
     name: str
     capabilities: Capabilities
+    accel: str  # the accelerator in use ("kvm", "hvf", "whpx", "tcg"), once started
+    accel_notes: list[str]  # why better accelerators were passed over
 
     def available(self) -> tuple[bool, str]:
         """(usable on this host, why not)."""
@@ -94,6 +96,14 @@ class Driver(Protocol):
         ...
 
     def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait for the VM to end; True if it has (None: wait for ever)."""
+        ...
+
+    def pid(self) -> int | None:
+        """The hypervisor process's pid, if there is one."""
+        ...
 
     def delete(self, spec: VMSpec) -> None:
         """Remove the VM's disk and files (after stop)."""

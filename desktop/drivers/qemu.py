@@ -287,7 +287,8 @@ class QemuDriver:
     def command(self, spec: VMSpec) -> list[str]:
         qemu = shutil.which(self.qemu) or self.qemu
         return build_command(spec, self.accel or "tcg", self.os_name, qemu,
-                             self._endpoint(spec.qmp_socket))
+                             self._endpoint(spec.qmp_socket),
+                             control=self._endpoint(spec.control_socket))
 
     def start(self, spec: VMSpec) -> None:
         qemu = shutil.which(self.qemu)
@@ -298,6 +299,7 @@ class QemuDriver:
             cache = self.accel_cache or spec.folder.parent / "accel.json"
             self.accel, self.accel_notes = probe_accel(spec, qemu, cache, self.os_name)
         spec.qmp_socket.unlink(missing_ok=True)
+        spec.control_socket.unlink(missing_ok=True)
         spec.serial_log.unlink(missing_ok=True)
         cmd = self.command(spec)
         errlog = (spec.folder / "qemu.log").open("wb")
@@ -344,7 +346,7 @@ class QemuDriver:
             except Exception:  # noqa: BLE001
                 pass
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float | None) -> bool:
         if self.proc is None:
             return True
         try:

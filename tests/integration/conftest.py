@@ -103,7 +103,25 @@ def cove(cove_home: tuple[Path, Path]) -> Iterator[Cove]:
     try:
         yield c
     finally:
+        keep_logs(c)
         c.cove("delete", "--force", check=False, timeout=300)
+
+
+LOGS = Path(os.environ.get("COVE_TEST_LOGS", "/tmp/cove-test-logs"))
+
+
+def keep_logs(c: Cove) -> None:
+    """Copy the instance's logs out before it is deleted, for a failure's post-mortem."""
+    dest = LOGS / c.name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("backend.log", "events.log", "serial.log", "serial.crash.log", "qemu.log",
+                 "backend.out"):
+        if (c.folder / name).exists():
+            shutil.copy2(c.folder / name, dest / name)
+    for name in ("agent", "dockerd", "containerd"):
+        got = c.cove("logs", name, "-n", "400", check=False)
+        (dest / f"{name}.log").write_text(got.stdout)
 
 
 @pytest.fixture(scope="session")

@@ -149,3 +149,66 @@ def test_host_network_container_cannot_reach_the_agent(cove: Cove, hello_image: 
         "  if echo x | nc -w 3 $a 10811 >/dev/null 2>&1; then echo OPEN-$a; fi; done; echo done",
     ).stdout
     assert out.strip() == "done", out
+
+
+def test_control_channel_over_virtio_serial(cove: Cove) -> None:
+    from desktop.link import SerialLink
+
+    token = json.loads((cove.folder / "boot.json").read_text())["token"]
+    events: list[dict] = []
+    ch = ControlChannel(SerialLink(str(cove.folder / "guest-control.sock"), token),
+                        events.append)
+    assert ch.wait_connect(30, attempt_timeout=5)
+    try:
+        assert events[0]["event"] == "hello" and events[0]["agent_version"] == "0.1.0"
+        assert ch.request("ping") == "pong"
+        assert ch.request("status")["engine_state"] == "running"
+    finally:
+        ch.close()
+    # A wrong token on the serial port gets nothing back.
+    bad = ControlChannel(SerialLink(str(cove.folder / "guest-control.sock"), "f" * 64),
+                         lambda ev: None)
+    assert bad.connect(timeout=3) is False
+
+
+def test_engine_config_refused_keeps_the_old_one(cove: Cove) -> None:
+    from desktop.control import ControlError
+
+    before = cove.cove("shell", "cat", "/etc/docker/daemon.json").stdout
+    try:
+        cove.control("engine_config", config={"no-such-option": True})
+        raise AssertionError("a bad engine config was accepted")
+    except ControlError as e:
+        assert "no-such-option" in str(e) and "don't match any configuration option" in str(e)
+    assert cove.cove("shell", "cat", "/etc/docker/daemon.json").stdout == before
+    assert cove.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
+
+
+def test_engine_config_applied_and_engine_restarted(cove: Cove) -> None:
+    label = f"cove-test={uuid.uuid4().hex[:6]}"
+    cove.control("engine_config", config={"labels": [label]})
+    labels = json.loads(cove.docker("info", "--format", "{{json .Labels}}").stdout)
+    assert label in labels
+    cove.control("engine_config", config={})
+    labels = json.loads(cove.docker("info", "--format", "{{json .Labels}}").stdout)
+    assert label not in (labels or [])
+
+
+def test_engine_restarts_after_a_crash(cove: Cove) -> None:
+    client = ControlClient(cove.folder / "control.sock")
+    seen: list[str] = []
+
+    def follow() -> None:
+        for ev in client.events(history=False):
+            seen.append(ev["event"])
+            if ev["event"] == "running":
+                return
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    cove.cove("shell", "sh", "-c", "kill -9 $(pidof dockerd)")
+    t.join(180)
+    assert seen[:1] == ["degraded"] and seen[-1] == "running", seen
+    assert cove.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
+    assert cove.control("agent_status")["restarts"]["dockerd"] >= 1  # type: ignore[index]

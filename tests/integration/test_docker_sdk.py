@@ -83,11 +83,13 @@ def test_logs_follow(sdk: Any, hello_image: str) -> None:
                                          "sleep 0.2; done; sleep 600"], detach=True,
                            name=_name("sdk-logs"))
     try:
-        lines = []
-        for chunk in c.logs(stream=True, follow=True):
+        lines: list[str] = []
+        stream = c.logs(stream=True, follow=True)
+        for chunk in stream:
             lines += chunk.decode().split()
             if len(lines) >= 6:
                 break
+        stream.close()
         assert lines[:6] == [f"n-{i}" for i in range(6)]
     finally:
         c.remove(force=True)
@@ -115,7 +117,8 @@ def test_put_and_get_archive(sdk: Any, hello_image: str) -> None:
 def test_build(sdk: Any, hello_image: str, tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text(f"FROM {hello_image}\nRUN echo sdk-built > /b\n")
     tag = _name("sdk-built")
-    image, _ = sdk.images.build(path=str(tmp_path), tag=tag, rm=True)
+    image, build_log = sdk.images.build(path=str(tmp_path), tag=tag, rm=True)
+    assert any("Successfully built" in str(entry.get("stream", "")) for entry in build_log)
     try:
         assert sdk.containers.run(tag, ["cat", "/b"], remove=True) == b"sdk-built\n"
     finally:

@@ -71,3 +71,17 @@ def test_engine_in_the_vm_answers_and_runs_a_container(cove: Cove, hello_image: 
     assert info["DockerRootDir"] == "/var/lib/docker"
     out = cove.docker("run", "--rm", hello_image, "sh", "-c", "echo line-from-the-vm")
     assert out.stdout == "line-from-the-vm\n"
+
+
+def test_unreachable_mirror_is_a_clear_error_and_keeps_the_image(cove: Cove,
+                                                                  image_dir: Path) -> None:
+    env = {**os.environ, "COVE_IMAGES": cove.env["COVE_IMAGES"],
+           "COVE_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}
+    before = {p.name: p.stat().st_mtime for p in image_dir.iterdir()}
+    out = subprocess.run([sys.executable, "-m", "vm_image", "build", "--force"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1
+    assert "could not be reached" in out.stderr and "COVE_DEBIAN_MIRROR" in out.stderr
+    assert {p.name: p.stat().st_mtime for p in image_dir.iterdir()} == before
+    images = Path(cove.env["COVE_IMAGES"])
+    assert not [p for p in images.iterdir() if p.name.startswith((".base-", ".build-"))]

@@ -1,0 +1,29 @@
+"""Run the benchmarks: `python -m benchmarks [boot ...] [--runs N]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmarks import api, boot, common
+
+SUITES = {"boot": boot.run, "api": api.run}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks")
+    p.add_argument("names", nargs="*", choices=[*SUITES, []], help="default: all")
+    p.add_argument("--runs", type=int, default=5, help="samples per figure (default 5)")
+    args = p.parse_args()
+    figures: list[common.Figure] = []
+    accel = ""
+    for name in args.names or list(SUITES):
+        print(f"running {name} ({args.runs} runs each)...", file=sys.stderr, flush=True)
+        figs, accel = SUITES[name](args.runs)
+        figures += figs
+    print(common.write(figures, accel))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

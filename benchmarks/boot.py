@@ -1,0 +1,120 @@
+"""Start: power-on to engine ready through Cove's socket, against the bare kernel.
+
+Baseline: the same kernel and initramfs under the same accelerator booting to a trivial
+init (the initramfs's probe mode prints a marker and powers off), timed from QEMU's
+start to its exit. Cove: `cove start` on a new data disk (cold: mkfs included) and on
+the existing one (warm), timed from the backend's "booting the VM" event to the
+engine answering `/_ping` through docker.sock, and as the whole `cove start` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import Figure
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bare_boot(runs: int) -> tuple[list[float], str]:
+    import vm_image
+    from desktop.drivers import VMSpec
+    from desktop.drivers.qemu import Endpoint, build_command, host_os, probe_accel
+
+    img = vm_image.find_image("amd64")
+    if img is None:
+        raise SystemExit("no guest image: run `make image` first")
+    d = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+    try:
+        spec = VMSpec("bench", d, img.kernel, img.initramfs, img.root, d / "data.qcow2",
+                      d / "boot.json", cpus=2, memory_mib=2048)
+        qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+        accel, _ = probe_accel(spec, qemu, Path(os.environ.get("COVE_HOME", Path.home() /
+                                                               ".cove")) / "accel.json")
+        cmd = build_command(spec, accel, host_os(), qemu, Endpoint(), probe=True)
+        times = []
+        for _ in range(runs):
+            spec.serial_log.unlink(missing_ok=True)
+            t0 = time.monotonic()
+            subprocess.run(cmd, check=True, timeout=120, capture_output=True)
+            times.append(time.monotonic() - t0)
+            assert b"COVE-PROBE-OK" in spec.serial_log.read_bytes()
+        return times, accel
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _ping(sock: Path) -> bool:
+    from guest_engine import dockerapi
+
+    return dockerapi.ping(str(sock), timeout=2)
+
+
+def cove_boots(runs: int, cold: bool) -> tuple[list[float], list[float]]:
+    """(power-on -> engine ready via the socket, whole `cove start`) per run."""
+    base = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+    env = {**os.environ, "COVE_HOME": str(base / "h"), "DOCKER_CONFIG": str(base / "d"),
+           "COVE_IMAGES": os.environ.get("COVE_IMAGES",
+                                         str(Path.home() / ".cove" / "images"))}
+    cove = [sys.executable, "-m", "desktop"]
+    inst = base / "h" / "bench"
+    ready, whole = [], []
+    try:
+        if not cold:  # the first boot makes the disk; the warm runs reuse it
+            subprocess.run([*cove, "start", "-i", "bench", "--no-activate"], env=env,
+                           check=True, capture_output=True, cwd=ROOT)
+            subprocess.run([*cove, "stop", "-i", "bench"], env=env, check=True,
+                           capture_output=True, cwd=ROOT)
+        for _ in range(runs):
+            (inst / "events.log").unlink(missing_ok=True)
+            t0 = time.monotonic()
+            p = subprocess.Popen([*cove, "start", "-i", "bench", "--no-activate"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 cwd=ROOT)
+            # Poll the socket ourselves: the engine's first answer through Cove.
+            while not _ping(inst / "docker.sock"):
+                if p.poll() not in (None, 0):
+                    raise SystemExit("cove start failed; see " + str(inst / "backend.log"))
+                time.sleep(0.05)
+            t_ready = time.time()
+            p.wait()
+            whole.append(time.monotonic() - t0)
+            events = [json.loads(ln) for ln in (inst / "events.log").read_text().splitlines()]
+            power_on = next(e["time"] for e in events if e.get("step") == "vm")
+            ready.append(t_ready - power_on)
+            if cold:
+                subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
+                               check=True, capture_output=True, cwd=ROOT)
+            else:
+                subprocess.run([*cove, "stop", "-i", "bench"], env=env, check=True,
+                               capture_output=True, cwd=ROOT)
+    finally:
+        subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
+                       capture_output=True, cwd=ROOT)
+        shutil.rmtree(base, ignore_errors=True)
+    return ready, whole
+
+
+def run(runs: int) -> tuple[list[Figure], str]:
+    bare, accel = bare_boot(runs)
+    cold_ready, cold_whole = cove_boots(runs, cold=True)
+    bare2, _ = bare_boot(runs)  # again after the long runs: the machine's drift shows
+    warm_ready, warm_whole = cove_boots(runs, cold=False)
+    baseline = bare + bare2
+    return [
+        Figure("start, cold (new disk): power-on to engine ready", "s", cold_ready,
+               "bare kernel to trivial init", baseline),
+        Figure("start, warm: power-on to engine ready", "s", warm_ready,
+               "bare kernel to trivial init", baseline, target="<= 4x"),
+        Figure("`cove start`, cold, whole command", "s", cold_whole,
+               "bare kernel to trivial init", baseline),
+        Figure("`cove start`, warm, whole command", "s", warm_whole,
+               "bare kernel to trivial init", baseline),
+    ], accel

@@ -1,0 +1,71 @@
+"""Figures, statistics and the results table shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Figure:
+    """One measured quantity and its baseline, each sampled several times."""
+
+    name: str
+    unit: str
+    samples: list[float]
+    baseline_name: str
+    baseline: list[float]
+    lower_is_better: bool = True
+    target: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def _stats(xs: list[float]) -> dict[str, float]:
+        return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
+
+    def row(self) -> dict:
+        s, b = self._stats(self.samples), self._stats(self.baseline)
+        return {**asdict(self), "value": s, "base": b,
+                "ratio": s["median"] / b["median"] if b["median"] else float("nan")}
+
+
+def machine() -> dict[str, str]:
+    return {"host": platform.node(), "kernel": platform.release(),
+            "python": platform.python_version(), "cpus": str(__import__("os").cpu_count()),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def fmt(x: float, unit: str) -> str:
+    return f"{x:.3g} {unit}"
+
+
+def write(figures: list[Figure], accel: str) -> str:
+    rows = [f.row() for f in figures]
+    RESULTS.mkdir(exist_ok=True)
+    meta = {**machine(), "accel": accel}
+    (RESULTS / "latest.json").write_text(json.dumps({"machine": meta, "figures": rows},
+                                                    indent=2))
+    lines = [
+        f"Measured {meta['date']} on {meta['cpus']} CPUs, Linux {meta['kernel']}, "
+        f"accelerator {accel}. Median (min-max) of each figure, and its ratio to the "
+        "baseline's median measured in the same run.",
+        "",
+        "| figure | Cove | baseline | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v, b = r["value"], r["base"]
+        lines.append(
+            f"| {r['name']} | {fmt(v['median'], r['unit'])} ({v['min']:.3g}-{v['max']:.3g}) "
+            f"| {r['baseline_name']}: {fmt(b['median'], r['unit'])} "
+            f"({b['min']:.3g}-{b['max']:.3g}) | {r['ratio']:.2f}x | {r['target']} |"
+        )
+    md = "\n".join(lines) + "\n"
+    (RESULTS / "latest.md").write_text(md)
+    return md

@@ -1,0 +1,731 @@
+"""The backend (desktop.backend.Backend) end to end with no VM: a fake driver boots a fake
+guest agent (the real LinkServer on 127.0.0.1, see fakes.py), and the tests drive the
+backend through its control socket, its engine socket and its events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fakes import (
+    AGENT_VERSION,
+    BOOT_SERIAL,
+    ECHO_TRAILER,
+    ENGINE_VERSION,
+    HTTP_REPLY,
+    KERNEL,
+    FakeDriver,
+    FakeEngine,
+    fake_image,
+)
+
+from desktop import backend
+from desktop.control import ControlClient, ControlError
+from desktop.instance import Instance
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOT_STEPS = [("starting", "image"), ("starting", "disk"), ("starting", "vm"),
+              ("starting", "agent"), ("starting", "engine"), ("running", None)]
+PORT_8080 = {"proto": "tcp", "port": 8080, "host_ip": "0.0.0.0", "container": "web",
+             "container_port": 80}
+PORT_5353 = {"proto": "udp", "port": 5353, "host_ip": "0.0.0.0", "container": "dns",
+             "container_port": 53}
+
+
+class Cove:
+    """One Backend on a fake driver, run() on a thread as `cove backend` runs it."""
+
+    def __init__(self, home: Path, **driver_opts: Any) -> None:
+        self.home = home
+        self.inst = Instance("t", home=home)
+        self.engine = FakeEngine(home / "engine.sock")
+        self.driver = FakeDriver(self.engine.path, **driver_opts)
+        self.image = fake_image(home / "image")
+        self.backend = backend.Backend(self.inst, driver=self.driver, image=self.image)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, name="backend-run")
+
+    def _run(self) -> None:
+        self.code = self.backend.run()
+
+    def start(self) -> Cove:
+        self.thread.start()
+        return self
+
+    # -- events --------------------------------------------------------------------------
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.backend.events.history)
+
+    def kinds(self) -> list[str]:
+        return [e["event"] for e in self.events()]
+
+    def wait_for(self, pred: Callable[[], Any], timeout: float = 10) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = pred()
+            if got:
+                return got
+            time.sleep(0.01)
+        return pred()
+
+    def wait_event(self, kind: str, timeout: float = 10, after: int = 0,
+                   **fields: Any) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            for ev in self.events()[after:]:
+                if ev["event"] == kind and all(ev.get(k) == v for k, v in fields.items()):
+                    return ev
+            return None
+
+        ev = self.wait_for(find, timeout)
+        assert ev is not None, f"no {kind} event {fields or ''} in {timeout} s: {self.events()}"
+        return ev
+
+    def running(self) -> Cove:
+        self.start()
+        self.wait_event("running")
+        return self
+
+    # -- control -------------------------------------------------------------------------
+
+    def request(self, op: str, **params: Any) -> Any:
+        return ControlClient(self.inst.control_socket, timeout=15).request(op, **params)
+
+    def raw_request(self, line: bytes) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            s.connect(str(self.inst.control_socket))
+            s.sendall(line)
+            try:
+                reply = _recv_all(s)
+            except TimeoutError:
+                reply = b"(nothing, and the connection still open after 3 s)"
+        assert reply.endswith(b"\n"), f"no reply line to {line!r}: {reply!r}"
+        return json.loads(reply)
+
+    def join(self, timeout: float = 15) -> int | None:
+        self.thread.join(timeout)
+        return None if self.thread.is_alive() else self.code
+
+    def stop(self, timeout: float = 15) -> int | None:
+        self.request("stop")
+        return self.join(timeout)
+
+    def agent_ops(self, op: str) -> list[dict[str, Any]]:
+        return [r for a in self.driver.agents for r in a.controller.ops(op)]
+
+    def close(self) -> None:
+        if self.thread.ident is not None and self.thread.is_alive():
+            self.backend.request_stop("test teardown")
+            self.thread.join(30)
+        self.driver.close()
+        self.engine.close()
+        assert not self.thread.is_alive(), "the backend did not stop"
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Short: unix socket paths must stay under 104 bytes (pytest's tmp_path is long).
+    d = Path(tempfile.mkdtemp(prefix="cb-", dir="/tmp"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(d / "docker-config"))
+    monkeypatch.setenv("COVE_HOME", str(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def signals(monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
+    """The handlers run() installs (signal.signal only works on the main thread)."""
+    handlers: dict[int, Any] = {}
+    fake = SimpleNamespace(SIGTERM=signal.SIGTERM, SIGINT=signal.SIGINT,
+                           SIGHUP=signal.SIGHUP,
+                           signal=lambda sig, handler: handlers.__setitem__(sig, handler))
+    monkeypatch.setattr(backend, "signal", fake)
+    return handlers
+
+
+@pytest.fixture
+def make_cove(home: Path, signals: dict[int, Any],
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Cove]]:
+    # Timeouts that fail a broken test in seconds rather than minutes.
+    monkeypatch.setattr(backend, "AGENT_TIMEOUT", 10.0)
+    monkeypatch.setattr(backend, "ENGINE_TIMEOUT", 10.0)
+    monkeypatch.setattr(backend, "STOP_AGENT_TIMEOUT", 10.0)
+    made: list[Cove] = []
+
+    def make(**driver_opts: Any) -> Cove:
+        c = Cove(home, **driver_opts)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def _recv_all(s: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := s.recv(1 << 16):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def _unix(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(15)
+    s.connect(str(path))
+    return s
+
+
+def _steps(events: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    return [(e["event"], e.get("step")) for e in events]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+# -- start -------------------------------------------------------------------------------
+
+
+def test_start_reaches_running_through_each_step(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    inst = c.inst
+    events = c.events()
+    assert _steps(events) == BOOT_STEPS
+    vm = events[2]
+    assert (vm["image"], vm["attempt"]) == ("fake-key", 1)
+    assert (events[3]["accel"], events[3]["accel_notes"]) == ("tcg", [])
+    assert events[4]["agent_version"] == AGENT_VERSION
+    assert events[5]["engine_version"] == ENGINE_VERSION
+
+    st = c.request("status")
+    assert st["state"] == "running"
+    assert st["instance"] == "t"
+    assert st["docker_host"] == f"unix://{inst.docker_socket}"
+    assert st["context"] == "cove-t"
+    assert st["engine_version"] == ENGINE_VERSION
+    assert st["agent_version"] == AGENT_VERSION
+    assert st["kernel"] == KERNEL
+    assert st["accel"] == "tcg"
+    assert st["qemu_pid"] == os.getpid()
+    assert st["pid"] == os.getpid()
+    assert st["ports"] == []
+    assert st["reason"] == ""
+    assert c.request("ping") == "pong"
+
+    for sock in (inst.docker_socket, inst.control_socket):
+        assert stat.S_ISSOCK(sock.lstat().st_mode), sock
+        assert _mode(sock) == 0o600, sock
+    assert inst.pid_file.read_text().split()[0] == str(os.getpid())
+
+    # The boot config: 0600, a fresh 32-byte token, the one the agent was started with.
+    assert _mode(inst.boot_config) == 0o600
+    token = json.loads(inst.boot_config.read_text())["token"]
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert c.driver.tokens == [token]
+    assert c.driver.agent is not None and c.driver.agent.token == token
+
+    # What the driver was asked to boot.
+    assert len(c.driver.created) == 1 and len(c.driver.started) == 1
+    spec = c.driver.started[0]
+    assert spec.data_disk == inst.data_disk and inst.data_disk.exists()
+    assert (spec.kernel, spec.initramfs, spec.root_image) == (
+        c.image.kernel, c.image.initramfs, c.image.root)
+    assert spec.boot_config == inst.boot_config
+    assert spec.serial_log == inst.serial_log
+    assert spec.cpus == c.backend.settings.cpus
+
+    # The host's clock was pushed once the engine was up.
+    pushes = c.agent_ops("set_time")
+    assert pushes, "no set_time request reached the agent"
+    assert abs(pushes[0]["ns"] - time.time_ns()) < 5 * 10**9
+
+
+def test_events_log_and_live_subscription(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    received: list[dict[str, Any]] = []
+    ended = threading.Event()
+
+    def subscribe() -> None:
+        for ev in ControlClient(c.inst.control_socket).events(history=True):
+            received.append(ev)
+        ended.set()
+
+    t = threading.Thread(target=subscribe)
+    t.start()
+    try:
+        assert c.wait_for(lambda: len(received) >= len(BOOT_STEPS))
+        assert _steps(received) == BOOT_STEPS  # the history first
+        assert c.stop() == 0
+        assert ended.wait(10), "the event stream did not end when the backend exited"
+    finally:
+        t.join(10)
+    assert [e["event"] for e in received[len(BOOT_STEPS):]] == ["stopping", "stopped"]
+    logged = [json.loads(ln) for ln in c.inst.events_log.read_text().splitlines()]
+    assert logged == received == c.events()
+
+
+# -- the engine socket -------------------------------------------------------------------
+
+
+def test_docker_socket_relays_to_the_engine(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n"
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(request)
+        assert _recv_all(s) == HTTP_REPLY
+    assert c.engine.received == [request]
+
+
+def test_docker_socket_large_payload_both_ways_and_half_close(
+        make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    payload = b"ECHO" + os.urandom(8 << 20)
+    with _unix(c.inst.docker_socket) as s:
+        def send() -> None:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)  # the engine must see EOF and still answer
+
+        t = threading.Thread(target=send)
+        t.start()
+        got = _recv_all(s)
+        t.join(15)
+    assert len(got) == len(payload) + len(ECHO_TRAILER)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload + ECHO_TRAILER).digest()
+
+
+def test_docker_socket_concurrent_connections(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    results: dict[int, bool] = {}
+
+    def one(i: int) -> None:
+        with _unix(c.inst.docker_socket) as s:
+            data = b"ECHO %d " % i + os.urandom(100_000)
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            results[i] = _recv_all(s) == data + ECHO_TRAILER
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert results == dict.fromkeys(range(8), True)
+    assert c.engine.connections == 8
+
+
+# -- the docker context ------------------------------------------------------------------
+
+
+def _context_meta(home: Path, name: str) -> dict[str, Any]:
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    path = home / "docker-config" / "contexts" / "meta" / digest / "meta.json"
+    return json.loads(path.read_text())
+
+
+def test_docker_context_created_and_made_current(make_cove: Callable[..., Cove],
+                                                 home: Path) -> None:
+    c = make_cove().running()
+    config = json.loads((home / "docker-config" / "config.json").read_text())
+    assert config["currentContext"] == c.inst.context_name == "cove-t"
+    meta = _context_meta(home, "cove-t")
+    assert meta["Name"] == "cove-t"
+    assert meta["Endpoints"]["docker"]["Host"] == f"unix://{c.inst.docker_socket}"
+    assert (c.inst.folder / "previous-context").read_text().strip() == "default"
+
+
+def test_docker_context_not_made_current_with_no_activate(make_cove: Callable[..., Cove],
+                                                          home: Path) -> None:
+    c = make_cove()
+    c.inst.ensure_folder()
+    (c.inst.folder / "no-activate").touch()
+    c.running()
+    meta = _context_meta(home, "cove-t")
+    assert meta["Endpoints"]["docker"]["Host"] == f"unix://{c.inst.docker_socket}"
+    config_file = home / "docker-config" / "config.json"
+    if config_file.exists():
+        assert "currentContext" not in json.loads(config_file.read_text())
+    assert not (c.inst.folder / "previous-context").exists()
+
+
+# -- stop --------------------------------------------------------------------------------
+
+
+def test_stop_through_the_control_api(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    assert c.request("stop") == "stopping"
+    assert c.join() == 0
+    assert c.kinds()[-2:] == ["stopping", "stopped"]
+    assert c.events()[-2]["reason"] == "requested"
+    assert len(c.agent_ops("shutdown")) == 1
+    assert c.driver.stop_calls == [], "the VM powered off by itself; no need to force it"
+    assert c.driver.kill_calls == 0
+    assert c.driver.status() == "stopped"
+    for p in (c.inst.docker_socket, c.inst.control_socket, c.inst.pid_file):
+        assert not p.exists(), p
+    assert c.backend.channel is not None and not c.backend.channel.connected.is_set()
+
+
+def test_stop_on_sigterm(make_cove: Callable[..., Cove], signals: dict[int, Any]) -> None:
+    c = make_cove().running()
+    assert set(signals) == {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signals[signal.SIGTERM](signal.SIGTERM, None)
+    assert c.join() == 0
+    assert c.kinds()[-2:] == ["stopping", "stopped"]
+    assert c.events()[-2]["reason"] == "signal"
+    assert len(c.agent_ops("shutdown")) == 1
+
+
+def test_stop_escalates_when_the_guest_does_not_power_off(
+        make_cove: Callable[..., Cove], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "STOP_AGENT_TIMEOUT", 0.5)
+    c = make_cove(ignore_shutdown=True).running()
+    t0 = time.monotonic()
+    assert c.stop() == 0
+    assert time.monotonic() - t0 >= 0.5
+    assert len(c.agent_ops("shutdown")) == 1
+    assert c.driver.stop_calls == [backend.STOP_ACPI_TIMEOUT]
+    assert c.kinds()[-2:] == ["stopping", "stopped"]
+    assert not c.inst.control_socket.exists()
+
+
+# -- boot failures -----------------------------------------------------------------------
+
+
+def test_kernel_crash_on_first_boot_boots_again(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove(crash_boots=1).running()
+    vms = [e for e in c.events() if e.get("step") == "vm"]
+    assert [e["attempt"] for e in vms] == [1, 2]
+    assert "error" not in c.kinds()
+    crash = (c.inst.folder / "serial.crash.log").read_text()
+    assert "Kernel panic - not syncing" in crash
+    assert "Kernel panic" not in c.inst.serial_log.read_text()  # the second boot's log
+    assert len(c.driver.started) == 2 and len(c.driver.created) == 1
+    assert c.request("status")["state"] == "running"
+
+
+def test_kernel_crash_twice_is_an_error(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove(crash_boots=2).start()
+    assert c.join() == 1
+    vms = [e for e in c.events() if e.get("step") == "vm"]
+    assert [e["attempt"] for e in vms] == [1, 2]
+    err = c.wait_event("error")
+    assert err["reason"].startswith("the guest agent did not answer (the VM stopped)")
+    assert "Kernel panic - not syncing" in err["reason"]
+    assert c.kinds()[-1] == "stopped"
+
+
+def test_agent_never_answers(make_cove: Callable[..., Cove],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "AGENT_TIMEOUT", 0.5)
+    c = make_cove(silent_agent=True).start()
+    assert c.join() == 1
+    err = c.wait_event("error")
+    assert err["reason"].startswith("the guest agent did not answer in time")
+    assert BOOT_SERIAL[-1] in err["reason"]
+    assert c.driver.stop_calls == [backend.STOP_ACPI_TIMEOUT]  # no agent to ask
+    assert c.kinds()[-2:] == ["stopping", "stopped"]
+
+
+def test_engine_never_ready(make_cove: Callable[..., Cove],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "ENGINE_TIMEOUT", 0.5)
+    c = make_cove(never_ready=True).start()
+    assert c.join() == 1
+    kinds = c.kinds()
+    assert "running" not in kinds
+    err = c.wait_event("error")
+    reason = err["reason"]
+    assert reason.startswith("the engine did not start in time")
+    assert "the guest's last lines:\n" + "\n".join(BOOT_SERIAL) in reason
+    assert kinds.index("error") > kinds.index("starting")
+    assert kinds[-1] == "stopped"
+    assert len(c.agent_ops("shutdown")) == 1  # the guest was still asked to power off
+    for p in (c.inst.control_socket, c.inst.docker_socket, c.inst.pid_file):
+        assert not p.exists(), p
+
+
+def test_regular_file_at_the_docker_socket_path(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove()
+    c.inst.ensure_folder()
+    c.inst.docker_socket.write_text("precious\n")
+    c.start()
+    assert c.join() == 1
+    err = c.wait_event("error")
+    assert "not a socket" in err["reason"]
+    assert str(c.inst.docker_socket) in err["reason"]
+    assert c.kinds() == ["starting", "error", "stopped"]
+    assert c.inst.docker_socket.read_text() == "precious\n"
+    assert c.driver.started == []
+    assert not c.inst.control_socket.exists()
+    assert not c.inst.pid_file.exists()
+
+
+def test_stale_docker_socket_is_replaced(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove()
+    c.inst.ensure_folder()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(c.inst.docker_socket))
+    stale.close()  # a socket file nobody listens on, as a crashed backend leaves
+    c.running()
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+        assert _recv_all(s) == HTTP_REPLY
+
+
+# -- while running -----------------------------------------------------------------------
+
+
+def test_vm_dies_while_running(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    c.driver.serial("[  120.000000] Out of memory: Killed process 1 (init)")
+    c.driver.power_off()
+    assert c.join() is not None
+    err = c.wait_event("error")
+    assert err["reason"].startswith("the VM stopped unexpectedly")
+    assert "Out of memory: Killed process 1" in err["reason"]
+    kinds = c.kinds()
+    assert kinds[-1] == "stopped"
+    assert kinds.index("error") > kinds.index("running")
+    assert c.driver.stop_calls == []
+    assert c.agent_ops("shutdown") == []
+    assert not c.inst.control_socket.exists()
+
+
+def test_second_backend_for_the_same_instance_refused(make_cove: Callable[..., Cove],
+                                                      home: Path) -> None:
+    c = make_cove().running()
+    logged = c.inst.events_log.read_text()
+    # Another process, as a second `cove backend` would be; its driver must not be used.
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from desktop import backend\n"
+        "from desktop.instance import Instance\n"
+        "class NoDriver:\n"
+        "    def __getattr__(self, name):\n"
+        "        raise SystemExit(f'the second backend used its driver ({name})')\n"
+        "inst = Instance('t', home=Path(sys.argv[1]))\n"
+        "sys.exit(backend.Backend(inst, driver=NoDriver()).run())\n"
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script, str(home)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - t0 < 10
+    # The first one is untouched: same pid file, same sockets, no new events.
+    assert c.thread.is_alive()
+    assert c.inst.pid_file.read_text().split()[0] == str(os.getpid())
+    assert c.request("status")["state"] == "running"
+    assert c.inst.events_log.read_text() == logged
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+        assert _recv_all(s) == HTTP_REPLY
+
+
+def test_guest_link_drop_degrades_then_recovers(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    agent = c.driver.agent
+    assert agent is not None
+    n = len(c.events())
+    assert agent.drop_control() == 1
+    degraded = c.wait_event("degraded", after=n)
+    assert "link" in degraded["reason"]
+    c.wait_event("running", after=n)
+    assert c.kinds()[n:] == ["degraded", "running"]
+    assert agent.controller.hellos == 2  # a new control session
+    assert c.request("status")["state"] == "running"
+    assert c.request("agent_status")["uptime"] == 12.5  # requests work on the new session
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+        assert _recv_all(s) == HTTP_REPLY
+
+
+def test_engine_restart_degrades_then_recovers(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    assert c.driver.agent is not None
+    n = len(c.events())
+    c.driver.agent.broadcast({"event": "engine", "state": "restarting",
+                              "reason": "dockerd exited (status 1)", "retry_in": 1})
+    assert c.wait_event("degraded", after=n)["reason"] == "dockerd exited (status 1)"
+    c.driver.agent.broadcast({"event": "engine", "state": "running", "version": "27.0.1",
+                              "ready_at": 30.0})
+    assert c.wait_event("running", after=n)["engine_version"] == "27.0.1"
+    assert c.request("status")["engine_version"] == "27.0.1"
+
+
+def test_guest_ports_events(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    agent = c.driver.agent
+    assert agent is not None
+    n = len(c.events())
+    agent.broadcast({"event": "ports", "added": [PORT_8080, PORT_5353], "removed": [],
+                     "snapshot": True})
+    ev = c.wait_event("ports", after=n)
+    assert ev["added"] == [PORT_8080, PORT_5353] and ev["removed"] == []
+    assert c.request("ports") == [PORT_8080, PORT_5353]
+    assert c.request("status")["ports"] == [PORT_8080, PORT_5353]
+
+    n = len(c.events())
+    agent.broadcast({"event": "ports", "added": [], "removed": [dict(PORT_8080)]})
+    ev = c.wait_event("ports", after=n)
+    assert ev["removed"] == [PORT_8080]
+    assert c.request("ports") == [PORT_5353]
+
+    # A new snapshot replaces the list rather than adding to it.
+    n = len(c.events())
+    agent.broadcast({"event": "ports", "added": [PORT_8080], "removed": [], "snapshot": True})
+    c.wait_event("ports", after=n)
+    assert c.request("ports") == [PORT_8080]
+
+
+# -- the control API ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [b"this is not json\n", b"{\"op\": \n", b"\xff\xfe\n",
+                                  b"{}\n", b"{\"opp\": \"status\"}\n", b"[\"status\"]\n",
+                                  b"\"status\"\n", b"null\n", b"42\n"])
+def test_control_bad_request_lines(make_cove: Callable[..., Cove], line: bytes) -> None:
+    c = make_cove().running()
+    reply = c.raw_request(line)
+    assert reply["ok"] is False
+    assert "JSON" in reply["error"] and "op" in reply["error"]
+    assert c.request("ping") == "pong"  # the backend is fine
+
+
+def test_control_unknown_op(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    reply = c.raw_request(b'{"op": "reboot"}\n')
+    assert reply == {"ok": False, "error": "unknown op 'reboot'"}
+    with pytest.raises(ControlError, match="unknown op 'reboot'"):
+        c.request("reboot")
+    assert c.thread.is_alive()
+
+
+def test_control_bad_parameter_types_get_an_error_reply(
+        make_cove: Callable[..., Cove]) -> None:
+    """A parameter of the wrong type is refused with an error line like any bad input,
+    not left to crash the handler thread (the client would get no reply at all)."""
+    c = make_cove().running()
+    for line in (b'{"op": "logs", "lines": "many"}\n', b'{"op": "logs", "lines": null}\n',
+                 b'{"op": "logs", "lines": [1]}\n'):
+        reply = c.raw_request(line)
+        assert reply["ok"] is False, line
+        assert isinstance(reply["error"], str) and reply["error"], reply
+    assert c.agent_ops("logs") == []  # none of them reached the agent
+    assert c.request("ping") == "pong"
+
+
+def test_control_agent_passthrough(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    assert c.request("logs", name="containerd", lines=5) == {
+        "name": "containerd", "lines": ["containerd line 1"]}
+    assert c.agent_ops("logs")[-1]["lines"] == 5
+    st = c.request("agent_status")
+    assert st["agent_version"] == AGENT_VERSION and st["uptime"] == 12.5
+
+    assert c.request("engine_config", config={"debug": True}) == {"applied": True}
+    saved = json.loads(c.inst.settings_file.read_text())
+    assert saved["engine_config"] == {"debug": True}
+    with pytest.raises(ControlError, match="the engine refused the config: .*bogus"):
+        c.request("engine_config", config={"bogus": 1})
+    assert json.loads(c.inst.settings_file.read_text())["engine_config"] == {"debug": True}
+    assert c.backend.settings.engine_config == {"debug": True}
+
+
+# -- robustness --------------------------------------------------------------------------
+
+
+def test_stop_while_waiting_for_the_agent_is_prompt(
+        make_cove: Callable[..., Cove], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cove stop` (or SIGTERM) during a slow boot must not wait for AGENT_TIMEOUT
+    (120 s in production) before the backend even begins to stop."""
+    monkeypatch.setattr(backend, "AGENT_TIMEOUT", 4.0)
+    c = make_cove(silent_agent=True).start()
+    c.wait_event("starting", step="agent")
+    t0 = time.monotonic()
+    assert c.request("stop") == "stopping"
+    c.join(10)
+    took = time.monotonic() - t0
+    assert took < 2.5, f"the backend took {took:.1f} s to stop while the agent was booting"
+    assert c.kinds()[-1] == "stopped"
+
+
+def test_stop_while_waiting_for_the_engine_is_not_an_error(
+        make_cove: Callable[..., Cove]) -> None:
+    """A stop asked for during the start is not reported as the engine failing to start
+    "in time" (nor with exit code 1)."""
+    c = make_cove(never_ready=True).start()
+    c.wait_event("starting", step="engine")
+    assert c.request("stop") == "stopping"
+    code = c.join()
+    errors = [e["reason"] for e in c.events() if e["event"] == "error"]
+    assert errors == []
+    assert code == 0
+    assert c.kinds()[-2:] == ["stopping", "stopped"]
+
+
+def test_a_stuck_event_subscriber_does_not_block_the_backend(
+        make_cove: Callable[..., Cove]) -> None:
+    """A client that subscribes to events and stops reading (a hung tray app) must not
+    freeze the backend: its state changes, and its stop, go on."""
+    c = make_cove().running()
+    agent = c.driver.agent
+    assert agent is not None
+    big = [dict(PORT_8080, container="c" * 1000, port=i) for i in range(100)]
+
+    def push() -> None:  # ~4 MB of events, more than the socket buffers hold
+        for _ in range(40):
+            agent.broadcast({"event": "ports", "added": big, "removed": []})
+
+    pusher = threading.Thread(target=push)
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        stuck.connect(str(c.inst.control_socket))
+        stuck.sendall(b'{"op": "events", "history": false}\n')
+        time.sleep(0.2)
+        n = len(c.events())
+        pusher.start()
+        c.wait_for(lambda: len(c.events()) >= n + 40, timeout=3)
+        c.backend.request_stop("test")
+        code = c.join(3)
+    finally:
+        stuck.close()  # unblocks a backend stuck writing to it
+        if pusher.ident is not None:
+            pusher.join(10)
+    assert code == 0, "the backend hung on an event subscriber that does not read"
+
+
+def test_run_leaves_no_thread_behind(make_cove: Callable[..., Cove]) -> None:
+    """Once run() returns, the listening sockets are closed for real: no thread of the
+    backend's is still blocked in accept() on them."""
+    before = set(threading.enumerate())
+    c = make_cove().running()
+    assert c.stop() == 0
+    c.driver.close()
+
+    def leftovers() -> list[str]:
+        return sorted(t.name for t in set(threading.enumerate()) - before
+                      if t.is_alive() and t.name in ("control-accept", "docker-accept"))
+
+    c.wait_for(lambda: not leftovers(), timeout=2)
+    assert leftovers() == []
