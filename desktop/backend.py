@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import secrets
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -65,13 +67,55 @@ def _listen_unix(path: Path) -> socket.socket:
     return s
 
 
+class _Subscriber:
+    """One events client, fed by its own thread from a bounded queue, so a client that
+    stops reading is dropped instead of stalling the backend."""
+
+    MAX_QUEUED = 1000
+
+    def __init__(self, sock: socket.socket, on_gone: Any) -> None:
+        self.sock = sock
+        self.queue: queue.Queue[bytes | None] = queue.Queue(self.MAX_QUEUED)
+        self.on_gone = on_gone
+        threading.Thread(target=self._write, daemon=True, name="events-writer").start()
+
+    def put(self, data: bytes) -> None:
+        try:
+            self.queue.put_nowait(data)
+        except queue.Full:
+            log.warning("an events client stopped reading; dropping it")
+            self._shutdown()
+
+    def close(self) -> None:
+        """End the stream once what is queued has been sent."""
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _write(self) -> None:
+        while (data := self.queue.get()) is not None:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                break
+        self._shutdown()
+        self.on_gone(self)
+
+
 class EventLog:
     """Appends events to events.log and hands them to live subscribers."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.history: list[dict[str, Any]] = []
-        self._subs: list[socket.socket] = []
+        self._subs: list[_Subscriber] = []
         self._lock = threading.Lock()
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -82,36 +126,30 @@ class EventLog:
             del self.history[:-500]
             with self.path.open("a") as f:
                 f.write(line + "\n")
-            subs = list(self._subs)
-        for s in subs:
-            try:
-                s.sendall(line.encode() + b"\n")
-            except OSError:
-                self.unsubscribe(s)
+            for sub in self._subs:
+                sub.put(line.encode() + b"\n")
         log.info("event %s", line)
         return ev
 
-    def subscribe(self, s: socket.socket, history: bool) -> None:
+    def subscribe(self, s: socket.socket, history: bool) -> _Subscriber:
         with self._lock:
+            sub = _Subscriber(s, self._drop)
             if history:
                 for ev in self.history:
-                    s.sendall(json.dumps(ev).encode() + b"\n")
-            self._subs.append(s)
+                    sub.put(json.dumps(ev).encode() + b"\n")
+            self._subs.append(sub)
+        return sub
 
-    def unsubscribe(self, s: socket.socket) -> None:
+    def _drop(self, sub: _Subscriber) -> None:
         with self._lock:
-            if s in self._subs:
-                self._subs.remove(s)
+            if sub in self._subs:
+                self._subs.remove(sub)
 
     def close(self) -> None:
         with self._lock:
             subs, self._subs = self._subs, []
-        for s in subs:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        for sub in subs:
+            sub.close()
 
 
 class Backend:
@@ -187,7 +225,9 @@ class Backend:
         inst.ensure_folder()
         live = pidfile.read_live(inst.pid_file)
         if live is not None and live != os.getpid():
-            log.error("a backend for %s already runs (pid %d)", inst.name, live)
+            msg = f"a backend for {inst.name} already runs (pid {live})"
+            log.error("%s", msg)
+            print(msg, file=sys.stderr)
             return 3
         pidfile.write(inst.pid_file)
         code = 0
@@ -209,6 +249,10 @@ class Backend:
             self.set_state("stopped")
             self.events.close()
             for s in self._listeners:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+                except OSError:
+                    pass
                 s.close()
             for p in (inst.control_socket, inst.docker_socket):
                 try:
@@ -259,8 +303,11 @@ class Backend:
                                           self._on_link_state)
             self.set_state("starting", step="agent", accel=self.driver.accel,
                            accel_notes=self.driver.accel_notes)
-            if self.channel.wait_connect(AGENT_TIMEOUT, alive=self._vm_alive):
+            if self.channel.wait_connect(
+                    AGENT_TIMEOUT, alive=lambda: self._vm_alive() and not self._stop.is_set()):
                 break
+            if self._stop.is_set():
+                return
             if attempt == 1 and not self._vm_alive() and kernel_crashed(self.serial_tail(400)):
                 # Software emulation on SMP guests occasionally trips the kernel's live
                 # code patching early in boot ("Oops: int3"); a second boot gets past it.
@@ -273,7 +320,9 @@ class Backend:
                        agent_version=self.agent_hello.get("agent_version"))
         deadline = time.monotonic() + ENGINE_TIMEOUT
         while not self._engine_up.wait(0.2):
-            if not self._vm_alive() or time.monotonic() > deadline or self._stop.is_set():
+            if self._stop.is_set():
+                return  # asked to stop while booting: not an error
+            if not self._vm_alive() or time.monotonic() > deadline:
                 raise StartError("the engine did not start " + self._why_not_up())
         self._push_time()
         self._serve_unix(inst.docker_socket, self._forward_docker, "docker")
@@ -445,20 +494,23 @@ class Backend:
                 conn.sendall(b'{"ok": false, "error": "a request is a JSON object with op"}\n')
                 return
             if op == "events":
-                self.events.subscribe(conn, bool(req.get("history", True)))
+                sub = self.events.subscribe(conn, bool(req.get("history", True)))
                 # Keep the connection until the client or the backend closes it.
                 while rfile.readline():
                     pass
-                self.events.unsubscribe(conn)
+                sub.close()
                 return
             try:
                 reply = {"ok": True, "result": self._control_op(op, req)}
             except (ControlError, LinkError, SettingsError, ValueError) as e:
                 reply = {"ok": False, "error": str(e)}
+            except TypeError as e:
+                reply = {"ok": False, "error": f"{op}: a parameter has the wrong type ({e})"}
             conn.sendall(json.dumps(reply).encode() + b"\n")
         except OSError:
             pass
         finally:
+            rfile.close()
             conn.close()
 
     def _control_op(self, op: str, req: dict[str, Any]) -> Any:

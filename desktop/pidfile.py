@@ -18,7 +18,10 @@ def process_start_time(pid: int) -> str:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return ""
-        return stat.rsplit(")", 1)[1].split()[19]
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            return ""  # a zombie is not running, whoever has yet to reap it
+        return fields[19]
     try:
         os.kill(pid, 0)
     except OSError:

@@ -57,6 +57,7 @@ def test_interactive_tty_attach(sdk: Any, hello_image: str) -> None:
         raw.sendall(b"\x10\x11")  # detach keys
         time.sleep(1)
         assert api.inspect_container(c)["State"]["Running"] is True
+        raw.close()
         s.close()
     finally:
         api.remove_container(c, force=True)
@@ -73,6 +74,7 @@ def test_exec(sdk: Any, hello_image: str) -> None:
         raw: socket.socket = s._sock
         raw.sendall(b"echo in-exec; exit\n")
         _read_until(raw, b"in-exec")
+        raw.close()
         s.close()
     finally:
         c.remove(force=True)
