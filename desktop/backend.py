@@ -177,6 +177,7 @@ class Backend:
         self._engine_up = threading.Event()
         self._stop = threading.Event()
         self._stop_reason = ""
+        self._failed = False
         self._listeners: list[socket.socket] = []
         self._last_time_push = 0.0
 
@@ -260,7 +261,7 @@ class Backend:
                 except SettingsError:
                     pass
             pidfile.remove_if_ours(inst.pid_file)
-        return code
+        return 1 if self._failed else code
 
     def _boot(self) -> None:
         inst, s = self.inst, self.settings
@@ -351,6 +352,7 @@ class Backend:
         assert self.driver is not None
         self.driver.wait(None)
         if not self._stop.is_set():
+            self._failed = True
             self.set_state("error", reason="the VM stopped unexpectedly; the guest's last "
                            "lines:\n" + self.serial_tail())
             self.request_stop("the VM stopped")

@@ -7,6 +7,7 @@ naming the problem and the fix (after any guest log lines that explain it).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -116,15 +117,23 @@ def wait_running(inst: Instance, proc: subprocess.Popen | None, quiet: bool = Fa
     client = _client(inst)
     since = time.time() - 1
     deadline = time.monotonic() + timeout
-    while not inst.control_socket.exists():
-        if proc is not None and proc.poll() is not None:
-            raise CliError(_logged_error(inst, since) or _backend_died(inst))
-        if time.monotonic() > deadline:
-            raise CliError("the backend did not start; see " + str(inst.backend_log))
-        time.sleep(0.05)
     error = ""
+    # A stale control.sock from a killed backend may still be there: connecting is what
+    # tells the new backend is up.
+    while True:
+        try:
+            events = client.events(history=True)
+            first = next(events)
+            break
+        except (ControlError, StopIteration):
+            if proc is not None and proc.poll() is not None:
+                raise CliError(_logged_error(inst, since) or _backend_died(inst)) from None
+            if time.monotonic() > deadline:
+                raise CliError("the backend did not start; see " + str(inst.backend_log)) \
+                    from None
+            time.sleep(0.05)
     try:
-        for ev in client.events(history=True):
+        for ev in itertools.chain([first], events):
             kind = ev.get("event")
             if kind == "starting" and not quiet:
                 step = ev.get("step", "")

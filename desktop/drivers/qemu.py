@@ -215,8 +215,7 @@ def ensure_disk(path: Path, size_gib: int) -> None:
     one (leaves it untouched and says how to repair or reset).
     """
     if not path.exists():
-        proc = qemu_img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
-                        str(path), f"{size_gib}G")
+        proc = qemu_img("create", "-q", "-f", "qcow2", str(path), f"{size_gib}G")
         if proc.returncode != 0:
             raise DiskError(f"could not create the data disk {path}: {proc.stderr.strip()}")
         return
@@ -235,6 +234,10 @@ def ensure_disk(path: Path, size_gib: int) -> None:
             f"the data disk {path} has a backing file ({info['backing-filename']}); Cove "
             "refuses such disks. Convert it with `qemu-img convert -O qcow2` or `cove reset`"
         )
+    if info.get("dirty-flag"):
+        # Left open by a VM that did not stop (lazy refcounts): QEMU itself repairs such an
+        # image when it opens it; do it first so the check below sees the repaired one.
+        qemu_img("check", "-q", "-r", "all", str(path))
     check = qemu_img("check", "-q", "-U", str(path))
     if check.returncode == 3:
         # Leaked clusters only (an unclean stop with lazy refcounts): no harm to data;

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import socket
 import tarfile
 import time
 import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 
 from tests.integration.conftest import Cove
+
+
+@pytest.fixture(autouse=True)
+def _collect_sdk_sockets() -> Iterator[None]:
+    """The SDK leaves some response sockets to the garbage collector (its streams, build
+    logs): collect them here, where their ResourceWarning is the SDK's and not a test's."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def _name(prefix: str) -> str:
@@ -133,7 +147,10 @@ def test_events(sdk: Any, hello_image: str) -> None:
     sdk.containers.run(hello_image, ["true"], name=name, remove=True)
     events = sdk.events(since=since, until=int(time.time()) + 1, decode=True,
                         filters={"container": name})
-    actions = {e["Action"] for e in events}
+    try:
+        actions = {e["Action"] for e in events}
+    finally:
+        events.close()
     assert {"create", "start", "die", "destroy"} <= actions
 
 
