@@ -92,6 +92,13 @@ def build_command(spec: VMSpec, accel: str, os_name: str, qemu: str,
         cmd += ["-cpu", "max"]
     cmd += ["-smp", str(spec.cpus), "-m", f"{spec.memory_mib}M"]
     append = f"console={console} panic=-1 quiet loglevel=3"
+    if accel == "tcg" and x86:
+        # Under emulation the timer interrupts lag, so the clocksource watchdog finds the
+        # (accurate) TSC "skewed" and marks it unstable a second into boot; that flips
+        # the scheduler clock's static key while other vCPUs run, and TCG occasionally
+        # trips on the live code patching ("Oops: int3", kernel panic). Trusting the TSC
+        # avoids both the flip and a worse clocksource.
+        append += " tsc=reliable"
     if probe:
         append += " cove.probe"
     elif spec.kernel_args:

@@ -1,0 +1,270 @@
+"""Published container ports on the host: one listener per port, relayed over the link.
+
+The agent reports each published port (protocol, port, the host address the container
+asked for, container name); `PortForwarder.update` opens the same port on the host and
+relays every connection (TCP) or flow of datagrams (UDP) through a ``tcp``/``udp``
+stream of the guest link. The host address is 127.0.0.1 (and ::1 where the host has
+IPv6), unless the container published on all interfaces *and* the user allowed that
+(`expose_ports_on_all_interfaces`): a laptop on a café's network should not serve a
+developer's database to the room by default.
+
+A port that cannot be opened (another program holds it, a privileged port without
+rights) is reported as ``port_failed`` with the reason, never raised: the container keeps
+running, and the forwarder tries again every few seconds until the port is free.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from guest_engine import protocol, relay
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 2.0
+UDP_IDLE_SECONDS = 60.0
+
+
+def host_has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def bind_reason(err: OSError, port: int, addr: str) -> str:
+    """A message naming the problem and its effect, for a port that could not be opened."""
+    if err.errno == errno.EADDRINUSE:
+        return (f"port {port} is already in use on the host ({addr}) by another program; "
+                f"the container runs, but localhost:{port} does not reach it until the "
+                "port is free")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (f"port {port} is privileged on this host and Cove may not open it; the "
+                f"container runs, but localhost:{port} does not reach it (publish a port "
+                "above 1023, or allow unprivileged ports)")
+    return f"port {port} could not be opened on {addr}: {err.strerror or err}"
+
+
+@dataclass
+class Forward:
+    proto: str
+    port: int
+    guest_host_ip: str
+    container: str
+    container_port: int
+    addresses: list[str]
+    state: str = "pending"  # forwarding | failed
+    reason: str = ""
+    sockets: list[socket.socket] = field(default_factory=list)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.proto, self.port
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proto": self.proto, "host_port": self.port, "host_addresses": self.addresses,
+                "guest_port": self.port, "container_port": self.container_port,
+                "container": self.container, "state": self.state, "reason": self.reason}
+
+
+class PortForwarder:
+    """Keeps the host's listeners in line with the guest's published ports."""
+
+    def __init__(self, open_stream: Callable[[str, int], socket.socket],
+                 emit: Callable[..., Any], expose_all: bool = False,
+                 ipv6: bool | None = None) -> None:
+        self.open_stream = open_stream
+        self.emit = emit
+        self.expose_all = expose_all
+        self.ipv6 = host_has_ipv6() if ipv6 is None else ipv6
+        self._forwards: dict[tuple[str, int], Forward] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._retry_loop, daemon=True, name="port-retry").start()
+
+    def addresses(self, guest_host_ip: str) -> list[str]:
+        if guest_host_ip == "0.0.0.0" and self.expose_all:
+            return ["0.0.0.0"] + (["::"] if self.ipv6 else [])
+        return ["127.0.0.1"] + (["::1"] if self.ipv6 else [])
+
+    def update(self, added: list[dict], removed: list[dict]) -> None:
+        for p in removed:
+            self._remove((p["proto"], int(p["port"])))
+        for p in added:
+            fwd = Forward(p["proto"], int(p["port"]), p.get("host_ip", "0.0.0.0"),
+                          p.get("container", ""), int(p.get("container_port", 0)),
+                          self.addresses(p.get("host_ip", "0.0.0.0")))
+            with self._lock:
+                if fwd.key in self._forwards:
+                    continue
+                self._forwards[fwd.key] = fwd
+            self._open(fwd)
+
+    def reset(self, ports: list[dict]) -> None:
+        """Replace everything with `ports` (the agent's snapshot after a reconnect)."""
+        want = {(p["proto"], int(p["port"])) for p in ports}
+        with self._lock:
+            gone = [k for k in self._forwards if k not in want]
+        for k in gone:
+            self._remove(k)
+        self.update(ports, [])
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f.to_json() for f in sorted(self._forwards.values(), key=lambda f: f.key)]
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            keys = list(self._forwards)
+        for k in keys:
+            self._remove(k, quiet=True)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _remove(self, key: tuple[str, int], quiet: bool = False) -> None:
+        with self._lock:
+            fwd = self._forwards.pop(key, None)
+        if fwd is None:
+            return
+        fwd.closed.set()
+        for s in fwd.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        if not quiet:
+            self.emit("port_removed", **fwd.to_json())
+
+    def _open(self, fwd: Forward) -> None:
+        socks: list[socket.socket] = []
+        try:
+            for addr in fwd.addresses:
+                socks.append(self._bind(fwd.proto, addr, fwd.port))
+        except OSError as e:
+            for s in socks:
+                s.close()
+            reason = bind_reason(e, fwd.port, addr)
+            if fwd.state != "failed" or fwd.reason != reason:
+                fwd.state, fwd.reason = "failed", reason
+                self.emit("port_failed", **fwd.to_json())
+            return
+        if fwd.closed.is_set():
+            for s in socks:
+                s.close()
+            return
+        fwd.sockets = socks
+        fwd.state, fwd.reason = "forwarding", ""
+        for s in socks:
+            target = self._serve_tcp if fwd.proto == "tcp" else self._serve_udp
+            threading.Thread(target=target, args=(fwd, s), daemon=True,
+                             name=f"fwd-{fwd.proto}-{fwd.port}").start()
+        self.emit("port_forwarded", **fwd.to_json())
+
+    @staticmethod
+    def _bind(proto: str, addr: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        s = socket.socket(family, kind)
+        try:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if proto == "tcp":
+                # Lets a port be reopened at once after a container restarts, while an
+                # old connection lingers in TIME_WAIT; never shares a live listener.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, port))
+            if proto == "tcp":
+                s.listen(128)
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def _retry_loop(self) -> None:
+        while not self._closed.wait(RETRY_SECONDS):
+            with self._lock:
+                failed = [f for f in self._forwards.values() if f.state == "failed"]
+            for fwd in failed:
+                self._open(fwd)
+
+    def _serve_tcp(self, fwd: Forward, listener: socket.socket) -> None:
+        while not fwd.closed.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._relay_tcp, args=(fwd, conn), daemon=True).start()
+
+    def _relay_tcp(self, fwd: Forward, conn: socket.socket) -> None:
+        try:
+            up = self.open_stream("tcp", fwd.port)
+        except OSError as e:
+            log.warning("port %d: the guest link refused a connection: %s", fwd.port, e)
+            conn.close()
+            return
+        relay.pipe(conn, up)
+
+    def _serve_udp(self, fwd: Forward, sock: socket.socket) -> None:
+        """One link stream per client address; replies go back to that address."""
+        flows: dict[Any, tuple[socket.socket, list[float]]] = {}
+        lock = threading.Lock()
+
+        def back(addr: Any, stream: socket.socket, last: list[float]) -> None:
+            deframer = protocol.Deframer()
+            try:
+                while chunk := stream.recv(65536):
+                    last[0] = time.monotonic()
+                    for dgram in deframer.feed(chunk):
+                        sock.sendto(dgram, addr)
+            except OSError:
+                pass
+            finally:
+                with lock:
+                    if flows.get(addr, (None,))[0] is stream:
+                        del flows[addr]
+                stream.close()
+
+        while not fwd.closed.is_set():
+            try:
+                data, addr = sock.recvfrom(65535)
+            except OSError:
+                break
+            now = time.monotonic()
+            with lock:
+                for a, (st, last) in list(flows.items()):
+                    if now - last[0] > UDP_IDLE_SECONDS:
+                        st.close()
+                        del flows[a]
+                flow = flows.get(addr)
+            if flow is None:
+                try:
+                    stream = self.open_stream("udp", fwd.port)
+                except OSError as e:
+                    log.warning("port %d/udp: the guest link refused a flow: %s", fwd.port, e)
+                    continue
+                flow = (stream, [now])
+                with lock:
+                    flows[addr] = flow
+                threading.Thread(target=back, args=(addr, *flow), daemon=True).start()
+            flow[1][0] = now
+            try:
+                flow[0].sendall(protocol.frame(data))
+            except OSError:
+                with lock:
+                    flows.pop(addr, None)
+        with lock:
+            for st, _ in flows.values():
+                st.close()
