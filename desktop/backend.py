@@ -35,6 +35,7 @@ from desktop.drivers import Driver, DriverError, VMSpec
 from desktop.drivers.qemu import QemuDriver, free_port
 from desktop.instance import Instance, Settings, SettingsError, remove_socket
 from desktop.link import AgentError, ControlChannel, Link, LinkError
+from desktop.portfwd import PortForwarder
 from guest_engine import relay
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class Backend:
         self.engine_version = ""
         self.engine_ready_at: float | None = None
         self.guest_ports: list[dict[str, Any]] = []
+        self.forwarder: PortForwarder | None = None
         self._engine_up = threading.Event()
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -215,7 +217,7 @@ class Backend:
             "engine_ready_at": self.agent_hello.get("engine_ready_at") or self.engine_ready_at,
             "reason": self.reason,
             "engine_error": self.agent_hello.get("engine_error", ""),
-            "ports": self.guest_ports,
+            "ports": self.forwarder.snapshot() if self.forwarder else [],
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -327,6 +329,11 @@ class Backend:
                 raise StartError("the engine did not start " + self._why_not_up())
         self._push_time()
         self._serve_unix(inst.docker_socket, self._forward_docker, "docker")
+        link = self.link
+        assert link is not None
+        self.forwarder = PortForwarder(lambda op, port: link.open(op, port), self.events.emit,
+                                       expose_all=s.expose_ports_on_all_interfaces)
+        self.forwarder.reset(self.guest_ports)
         self._activate_context()
         self.running_at = time.time()
         self.set_state("running", engine_version=self.engine_version,
@@ -368,6 +375,7 @@ class Backend:
 
     def _shutdown(self) -> None:
         """Agent shutdown, then ACPI powerdown, quit, kill: each with a timeout."""
+        self._close_forwarder()
         d = self.driver
         if d is None or d.status() == "stopped":
             return
@@ -383,6 +391,10 @@ class Backend:
             log.warning("the guest did not power off in %.0f s", STOP_AGENT_TIMEOUT)
         self._close_channel()
         d.stop(STOP_ACPI_TIMEOUT)
+
+    def _close_forwarder(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     def _close_channel(self) -> None:
         if self.channel is not None:
@@ -415,6 +427,11 @@ class Backend:
             self.guest_ports += ev.get("added", [])
             self.events.emit("ports", added=ev.get("added", []),
                              removed=ev.get("removed", []))
+            if self.forwarder is not None:
+                if ev.get("snapshot"):
+                    self.forwarder.reset(self.guest_ports)
+                else:
+                    self.forwarder.update(ev.get("added", []), ev.get("removed", []))
 
     def _on_link_state(self, up: bool) -> None:
         if up or self._stop.is_set():
@@ -540,7 +557,7 @@ class Backend:
             self.inst.save_settings(self.settings)
             return result
         if op == "ports":
-            return self.guest_ports
+            return self.forwarder.snapshot() if self.forwarder else []
         raise ControlError(f"unknown op {op!r}")
 
 

@@ -292,6 +292,30 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("accel", st.get("accel") or "-"), ("uptime", f"{st.get('uptime', 0):.0f} s")]
     for k, v in rows:
         print(f"  {k + ':':8} {v}")
+    for p in st.get("ports") or []:
+        if p.get("state") == "failed":
+            print(f"  port {p['host_port']}/{p['proto']} ({p['container'] or 'host network'})"
+                  f": {p['reason']}")
+    return 0
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    st = status_of(inst)
+    ports = st.get("ports") or []
+    if args.json:
+        print(json.dumps(ports, indent=2))
+        return 0
+    if st["state"] != "running":
+        print(f"Cove ({inst.name}) is {st['state']}: no ports are forwarded")
+        return 0
+    print(f"{'HOST':24} {'GUEST':7} {'PROTO':5} {'CONTAINER':24} STATE")
+    for p in ports:
+        host = ",".join(f"[{a}]:{p['host_port']}" if ":" in a else f"{a}:{p['host_port']}"
+                        for a in p["host_addresses"])
+        state = p["state"] if p["state"] != "failed" else f"failed: {p['reason']}"
+        print(f"{host:24} {p['guest_port']:<7} {p['proto']:5} "
+              f"{p['container'] or '(host network)':24} {state}")
     return 0
 
 
@@ -472,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", "-f", action="store_true", help="do not ask")
     rs = add("reset", cmd_reset, "reset an instance to factory defaults (deletes its data)")
     rs.add_argument("--force", "-f", action="store_true", help="do not ask")
+    pt = add("ports", cmd_ports, "list the container ports forwarded to this computer")
+    pt.add_argument("--json", action="store_true", help="machine-readable output")
     lg = add("logs", cmd_logs, "show the backend's, agent's and engine's logs")
     lg.add_argument("name", nargs="?", choices=["backend", "agent", "dockerd", "containerd",
                                                 "serial"])

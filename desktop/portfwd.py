@@ -90,7 +90,7 @@ class PortForwarder:
         self._forwards: dict[tuple[str, int], Forward] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        threading.Thread(target=self._retry_loop, daemon=True, name="port-retry").start()
+        self._retrying = False  # a retry thread runs only while some port has failed
 
     def addresses(self, guest_host_ip: str) -> list[str]:
         if guest_host_ip == "0.0.0.0" and self.expose_all:
@@ -159,6 +159,12 @@ class PortForwarder:
             if fwd.state != "failed" or fwd.reason != reason:
                 fwd.state, fwd.reason = "failed", reason
                 self.emit("port_failed", **fwd.to_json())
+            with self._lock:
+                start = not self._retrying
+                self._retrying = True
+            if start:
+                threading.Thread(target=self._retry_loop, daemon=True,
+                                 name="port-retry").start()
             return
         if fwd.closed.is_set():
             for s in socks:
@@ -196,6 +202,9 @@ class PortForwarder:
         while not self._closed.wait(RETRY_SECONDS):
             with self._lock:
                 failed = [f for f in self._forwards.values() if f.state == "failed"]
+                if not failed:
+                    self._retrying = False
+                    return
             for fwd in failed:
                 self._open(fwd)
 

@@ -574,6 +574,10 @@ def test_engine_restart_degrades_then_recovers(make_cove: Callable[..., Cove]) -
     assert c.request("status")["engine_version"] == "27.0.1"
 
 
+def _forwarded(ports: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    return [(p["proto"], p["guest_port"], p["container"]) for p in ports]
+
+
 def test_guest_ports_events(make_cove: Callable[..., Cove]) -> None:
     c = make_cove().running()
     agent = c.driver.agent
@@ -583,20 +587,25 @@ def test_guest_ports_events(make_cove: Callable[..., Cove]) -> None:
                      "snapshot": True})
     ev = c.wait_event("ports", after=n)
     assert ev["added"] == [PORT_8080, PORT_5353] and ev["removed"] == []
-    assert c.request("ports") == [PORT_8080, PORT_5353]
-    assert c.request("status")["ports"] == [PORT_8080, PORT_5353]
+    both = [("tcp", 8080, PORT_8080["container"]), ("udp", 5353, PORT_5353["container"])]
+    assert sorted(_forwarded(c.request("ports"))) == sorted(both)
+    assert sorted(_forwarded(c.request("status")["ports"])) == sorted(both)
+    # Each one is opened on the host (or reported as failed, if this host holds it).
+    kinds = {e["event"] for e in c.events()[n:]}
+    assert kinds & {"port_forwarded", "port_failed"}
 
     n = len(c.events())
     agent.broadcast({"event": "ports", "added": [], "removed": [dict(PORT_8080)]})
     ev = c.wait_event("ports", after=n)
     assert ev["removed"] == [PORT_8080]
-    assert c.request("ports") == [PORT_5353]
+    assert _forwarded(c.request("ports")) == [("udp", 5353, PORT_5353["container"])]
+    assert c.wait_event("port_removed", after=n)["host_port"] == 8080
 
     # A new snapshot replaces the list rather than adding to it.
     n = len(c.events())
     agent.broadcast({"event": "ports", "added": [PORT_8080], "removed": [], "snapshot": True})
     c.wait_event("ports", after=n)
-    assert c.request("ports") == [PORT_8080]
+    assert _forwarded(c.request("ports")) == [("tcp", 8080, PORT_8080["container"])]
 
 
 # -- the control API ---------------------------------------------------------------------
