@@ -251,6 +251,8 @@ class PortForwarder:
                 data, addr = sock.recvfrom(65535)
             except OSError:
                 break
+            if addr is None or fwd.closed.is_set():
+                break  # the socket was shut down: the port is being removed
             now = time.monotonic()
             with lock:
                 for a, (st, last) in list(flows.items()):

@@ -111,7 +111,9 @@ def test_port_event_within_one_second(cove: Cove, hello_image: str) -> None:
                         "container": name, "container_port": 80}
         # `docker run -d` returns once the container started; the event may even come first.
         assert ts - started < 1.0, f"port event {ts - started:.2f} s after the start"
-        assert any(p["port"] == 18080 for p in cove.control("ports"))  # type: ignore[union-attr]
+        forwarded = cove.control("ports")
+        assert any(p["host_port"] == 18080 and p["container"] == name
+                   for p in forwarded)  # type: ignore[union-attr]
     finally:
         cove.docker("rm", "-f", name, check=False)
         stopped = time.monotonic()
