@@ -15,12 +15,10 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure
+from benchmarks.common import Figure, bench_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,11 +57,7 @@ def _rss_mib(pid: int) -> float:
 def run(runs: int, idle_seconds: float = 60) -> tuple[list[Figure], str]:
     from desktop.link import Link
 
-    base = Path(tempfile.mkdtemp(prefix="cove-bench-"))
-    env = {**os.environ, "COVE_HOME": str(base / "h"), "DOCKER_CONFIG": str(base / "d"),
-           "COVE_IMAGES": os.environ.get("COVE_IMAGES",
-                                         str(Path.home() / ".cove" / "images"))}
-    cove = [sys.executable, "-m", "desktop"]
+    base, env, cove = bench_instance()
     inst = base / "h" / "bench"
     try:
         subprocess.run([*cove, "start", "-i", "bench", "--no-activate"], env=env, check=True,

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure
+from benchmarks.common import Figure, bench_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,11 +68,7 @@ def _ping(sock: Path) -> bool:
 
 def cove_boots(runs: int, cold: bool) -> tuple[list[float], list[float]]:
     """(power-on -> engine ready via the socket, whole `cove start`) per run."""
-    base = Path(tempfile.mkdtemp(prefix="cove-bench-"))
-    env = {**os.environ, "COVE_HOME": str(base / "h"), "DOCKER_CONFIG": str(base / "d"),
-           "COVE_IMAGES": os.environ.get("COVE_IMAGES",
-                                         str(Path.home() / ".cove" / "images"))}
-    cove = [sys.executable, "-m", "desktop"]
+    base, env, cove = bench_instance()
     inst = base / "h" / "bench"
     ready, whole = [], []
     try:

@@ -12,6 +12,20 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def bench_instance() -> tuple[Path, dict[str, str], list[str]]:
+    """A throw-away COVE_HOME and DOCKER_CONFIG sharing the image cache: (folder, the
+    environment for `cove`, the `cove` command)."""
+    import os
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+    env = {**os.environ, "COVE_HOME": str(base / "h"), "DOCKER_CONFIG": str(base / "d"),
+           "COVE_IMAGES": os.environ.get("COVE_IMAGES",
+                                         str(Path.home() / ".cove" / "images"))}
+    return base, env, [sys.executable, "-m", "desktop"]
+
+
 @dataclass
 class Figure:
     """One measured quantity and its baseline, each sampled several times."""
