@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
-from desktop import context, pidfile, ssh
+from desktop import context, drivers, pidfile, ssh
 from desktop.control import ControlError
 from desktop.drivers import Driver, DriverError, VMSpec
-from desktop.drivers.qemu import QemuDriver, free_port
+from desktop.drivers.qemu import free_port
 from desktop.instance import Instance, Settings, SettingsError, remove_socket
 from desktop.link import AgentError, ControlChannel, Link, LinkError
 from desktop.portfwd import PortForwarder
@@ -294,7 +294,7 @@ class Backend:
         )
         ssh.write_config(inst.folder, inst.context_name, self.spec.ssh_port)
         if self.driver is None:
-            self.driver = QemuDriver(s.arch, accel_cache=inst.home / "accel.json")
+            self.driver = drivers.pick(arch=s.arch, accel_cache=inst.home / "accel.json")
         self.set_state("starting", step="disk")
         self.driver.create(self.spec)
         for attempt in (1, 2):

@@ -54,6 +54,3 @@ def pipe(a: socket.socket, b: socket.socket, a_to_b_initial: bytes = b"") -> Non
         a.close()
         b.close()
 
-
-def pipe_in_background(a: socket.socket, b: socket.socket, initial: bytes = b"") -> None:
-    threading.Thread(target=pipe, args=(a, b, initial), daemon=True, name="relay").start()

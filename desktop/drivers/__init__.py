@@ -114,13 +114,14 @@ class Driver(Protocol):
         ...
 
 
-_REGISTRY: list[tuple[int, Callable[[], Driver]]] = []
+Factory = Callable[..., Driver]  # called with keyword options: arch, accel_cache
+_REGISTRY: list[tuple[int, Factory]] = []
 
 
-def register(priority: int) -> Callable[[Callable[[], Driver]], Callable[[], Driver]]:
+def register(priority: int) -> Callable[[Factory], Factory]:
     """Register a driver factory; a higher priority is preferred by `pick`."""
 
-    def deco(factory: Callable[[], Driver]) -> Callable[[], Driver]:
+    def deco(factory: Factory) -> Factory:
         _REGISTRY.append((priority, factory))
         _REGISTRY.sort(key=lambda t: -t[0])
         return factory
@@ -128,13 +129,14 @@ def register(priority: int) -> Callable[[Callable[[], Driver]], Callable[[], Dri
     return deco
 
 
-def pick(name: str | None = None) -> Driver:
-    """The named driver, or the best available one; raises DriverError naming why not."""
+def pick(name: str | None = None, **options: object) -> Driver:
+    """The named driver, or the best available one, made with `options` (arch,
+    accel_cache); raises DriverError naming why none is usable."""
     from desktop.drivers import qemu  # noqa: F401 - registers itself
 
     reasons = []
     for _, factory in _REGISTRY:
-        d = factory()
+        d = factory(**options)
         if name is not None and d.name != name:
             continue
         ok, why = d.available()

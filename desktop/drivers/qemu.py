@@ -395,5 +395,5 @@ class QemuDriver:
 
 
 @register(priority=10)
-def _factory() -> QemuDriver:
-    return QemuDriver()
+def _factory(arch: str = "amd64", accel_cache: Path | None = None) -> QemuDriver:
+    return QemuDriver(arch, accel_cache=accel_cache)

@@ -411,3 +411,21 @@ def test_driver_available_names_the_package(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     ok, why = qemu.QemuDriver("arm64", os_name="linux").available()
     assert not ok and "qemu-system-aarch64" in why and "qemu-system-arm" in why
+
+
+def test_registry_picks_qemu_with_the_options(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from desktop import drivers
+
+    d = drivers.pick(arch="amd64", accel_cache=tmp_path / "accel.json")
+    assert isinstance(d, qemu.QemuDriver)
+    assert d.arch == "amd64" and d.qemu == "qemu-system-x86_64"
+    assert d.accel_cache == tmp_path / "accel.json"
+    # Without the arm64 emulator, nothing is usable, and the error says what to install.
+    real_which = shutil.which
+    monkeypatch.setattr(qemu.shutil, "which",
+                        lambda n: None if n == "qemu-system-aarch64" else real_which(n))
+    with pytest.raises(drivers.DriverError, match="apt-get install qemu-system-arm"):
+        drivers.pick(arch="arm64")
+    with pytest.raises(drivers.DriverError, match="unknown driver 'hyperv-nope'"):
+        drivers.pick("hyperv-nope")
