@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export COVE_HOME ?= $(HOME)/.cove
 
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools kmod \
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools kmod cpio \
 	busybox-static ca-certificates iproute2 python3-venv docker-registry \
 	xvfb xauth libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
@@ -30,6 +30,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@command -v docker >/dev/null || sh installers/linux/install-docker-cli.sh
+	@docker compose version >/dev/null 2>&1 || sh installers/linux/install-compose.sh
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
