@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import api, boot, common
+from benchmarks import api, boot, common, ports
 
-SUITES = {"boot": boot.run, "api": api.run}
+SUITES = {"boot": boot.run, "api": api.run, "ports": ports.run}
 
 
 def main() -> int:

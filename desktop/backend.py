@@ -182,6 +182,7 @@ class Backend:
         self._failed = False
         self._listeners: list[socket.socket] = []
         self._last_time_push = 0.0
+        self._clock_offset_ns = 0  # a simulated jump of the host's clock (tests)
 
     # -- state -----------------------------------------------------------------------
 
@@ -291,6 +292,7 @@ class Backend:
             initramfs=image.initramfs, root_image=image.root, data_disk=inst.data_disk,
             boot_config=inst.boot_config, cpus=s.cpus, memory_mib=s.memory_mib,
             disk_gib=s.disk_gib, arch=s.arch, link_port=free_port(), ssh_port=free_port(),
+            extra_hostfwd=os.environ.get("COVE_QEMU_HOSTFWD", "").split(),
         )
         ssh.write_config(inst.folder, inst.context_name, self.spec.ssh_port)
         if self.driver is None:
@@ -449,19 +451,35 @@ class Backend:
 
     # -- time ------------------------------------------------------------------------
 
+    def host_time_ns(self) -> int:
+        """The host's clock as the guest should follow it."""
+        return time.time_ns() + self._clock_offset_ns
+
+    def simulate_clock_jump(self, seconds: float) -> dict[str, Any]:
+        """From now on, behave as if the host's clock were `seconds` off the real one.
+
+        The jump is seen by the same check that sees a real one (the wall clock moved
+        unlike the monotonic one), so tests exercise the real path. 0 ends the simulation.
+        """
+        if not -10 * 365 * 86400 < seconds < 10 * 365 * 86400:
+            raise ControlError("clock_offset: seconds must be within ten years")
+        self._clock_offset_ns = int(seconds * 1e9)
+        log.info("host clock offset for the guest set to %+.3f s", seconds)
+        return {"offset_seconds": seconds, "host_time_ns": self.host_time_ns()}
+
     def _push_time(self) -> None:
         if self.channel is None or not self.channel.connected.is_set():
             return
         try:
-            self.channel.request("set_time", ns=time.time_ns(), timeout=5)
+            self.channel.request("set_time", ns=self.host_time_ns(), timeout=5)
         except LinkError as e:
             log.debug("time push failed: %s", e)
         self._last_time_push = time.monotonic()
-        self._last_wall = time.time()
+        self._last_wall = self.host_time_ns() / 1e9
 
     def _maybe_push_time(self) -> None:
         """Every 10 s, and at once when the wall clock jumped (or the host slept)."""
-        now_m, now_w = time.monotonic(), time.time()
+        now_m, now_w = time.monotonic(), self.host_time_ns() / 1e9
         expected = getattr(self, "_last_wall", now_w) + (now_m - self._last_time_push)
         jumped = abs(now_w - expected) > 1.0
         if jumped or now_m - self._last_time_push >= TIME_PUSH_INTERVAL:
@@ -558,6 +576,8 @@ class Backend:
             return result
         if op == "ports":
             return self.forwarder.snapshot() if self.forwarder else []
+        if op == "clock_offset":
+            return self.simulate_clock_jump(float(req.get("seconds", 0)))
         raise ControlError(f"unknown op {op!r}")
 
 

@@ -119,10 +119,12 @@ class Agent:
             "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
             "disk": self.info.disk,
             "network": self.info.network,
+            "resolver": self.info.resolver,
             "balloon": self.info.balloon,
             "restarts": {"dockerd": self.engine.dockerd.restarts,
                          "containerd": self.engine.containerd.restarts},
             "time_adjustments": self.time_adjustments,
+            "time_ns": time.time_ns(),
             "agent_rss": _rss_kib(),
         }
         try:

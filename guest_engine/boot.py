@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from guest_engine import protocol
+from guest_engine import dns, protocol
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class BootInfo:
         self.disk: dict = {}
         self.network: dict = {}
         self.balloon = False
+        self.resolver: dict = {}
         self.errors: list[str] = []
 
 
@@ -203,14 +204,40 @@ def setup_network(config: dict) -> dict:
         run(["ip", "addr", "add", "10.0.2.15/24", "dev", iface])
         run(["ip", "route", "add", "default", "via", "10.0.2.2", "dev", iface])
         Path("/etc/resolv.conf").write_text("nameserver 10.0.2.3\n")
-        return {"interface": iface, "mode": "static", "address": "10.0.2.15"}
+        return {"interface": iface, "mode": "static", "address": "10.0.2.15",
+                "gateway": "10.0.2.2"}
     script = RUN_DIR / "udhcpc.sh"
     script.write_text(DHCP_SCRIPT)
     script.chmod(0o755)
     run(["busybox", "udhcpc", "-i", iface, "-n", "-q", "-t", "10", "-s", str(script)],
         timeout=60)
     addr = run(["ip", "-4", "-o", "addr", "show", "dev", iface]).stdout.split()
-    return {"interface": iface, "mode": "dhcp", "address": addr[3] if len(addr) > 3 else ""}
+    route = run(["ip", "-4", "route", "show", "default"]).stdout.split()
+    gateway = route[route.index("via") + 1] if "via" in route else ""
+    return {"interface": iface, "mode": "dhcp",
+            "address": addr[3].split("/")[0] if len(addr) > 3 else "", "gateway": gateway}
+
+
+def setup_resolver(config: dict, network: dict) -> dict:
+    """Serve DNS on the VM's address with the host's names; point resolv.conf at it.
+
+    host.docker.internal is the host as the VM reaches it: QEMU's 10.0.2.2 (the host's
+    localhost), or the gateway of a DHCP network, unless the host's boot config names
+    another address. The upstreams are what the network gave the VM.
+    """
+    address = network.get("address", "")
+    host = str(config.get("host_address") or network.get("gateway") or "")
+    if not address or not host:
+        raise RuntimeError("no address or gateway to serve host.docker.internal from")
+    resolv = Path("/etc/resolv.conf")
+    upstreams = dns.read_nameservers(resolv.read_text() if resolv.exists() else "")
+    names = {"host.docker.internal": host,
+             "gateway.docker.internal": str(network.get("gateway") or host)}
+    fwd = dns.Forwarder(address, upstreams, names)
+    fwd.start()
+    resolv.write_text(f"# Cove's resolver: host.docker.internal, then {' '.join(upstreams)}\n"
+                      f"nameserver {address}\n")
+    return {"address": address, "upstreams": fwd.upstreams, "names": names}
 
 
 def guard_port(port: int, iface: str) -> None:
@@ -336,6 +363,12 @@ def late(info: BootInfo) -> None:
     except Exception as e:  # noqa: BLE001
         info.errors.append(f"network: {e}")
         log.exception("network setup failed")
+    else:
+        try:
+            info.resolver = setup_resolver(info.config, info.network)
+        except (RuntimeError, OSError) as e:
+            info.errors.append(f"resolver (host.docker.internal): {e}")
+            log.exception("resolver setup failed")
     info.balloon = balloon_present()
 
 

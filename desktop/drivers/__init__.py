@@ -55,6 +55,9 @@ class VMSpec:
     ssh_port: int = 0  # host port forwarded to the guest's SSH server
     extra_args: list[str] = field(default_factory=list)
     kernel_args: str = ""  # appended to the kernel command line (e.g. "cove.debug")
+    # Extra QEMU user-networking forwards "tcp:127.0.0.1:HOST-:GUEST" (benchmarks use one
+    # as the bare path that published ports are measured against).
+    extra_hostfwd: list[str] = field(default_factory=list)
 
     @property
     def serial_log(self) -> Path:

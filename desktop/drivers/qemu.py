@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 QEMU_BINARIES = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+HOSTFWD_RULE = re.compile(r"(tcp|udp):127\.0\.0\.1:\d{1,5}-:\d{1,5}")
 PROBE_TIMEOUT = 8.0  # a working accelerator reaches the probe's init in about 1 s
 PROBE_MARKER = b"COVE-PROBE-OK"
 
@@ -119,6 +121,11 @@ def build_command(spec: VMSpec, accel: str, os_name: str, qemu: str,
     fwd = f"hostfwd=tcp:127.0.0.1:{spec.link_port}-:10811"
     if spec.ssh_port:
         fwd += f",hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+    for rule in spec.extra_hostfwd:
+        if not HOSTFWD_RULE.fullmatch(rule):
+            raise DriverError(f"bad extra forward {rule!r}: expected "
+                              "tcp|udp:127.0.0.1:HOSTPORT-:GUESTPORT")
+        fwd += f",hostfwd={rule}"
     cmd += ["-netdev", f"user,id=net0,{fwd}",
             "-device", f"virtio-net-{bus},netdev=net0,romfile="]
     cmd += ["-device", f"virtio-balloon-{bus},free-page-reporting=on",

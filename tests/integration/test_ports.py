@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 import uuid
 
+import pytest
+
 from tests.integration.conftest import Cove
 
 SERVE = "mkdir -p /www && echo hello-$0 > /www/index.html && exec httpd -f -p 80 -h /www"
@@ -96,3 +98,143 @@ def test_port_held_on_the_host_is_reported_then_forwarded(cove: Cove,
     finally:
         holder.close()
         cove.docker("rm", "-f", name, check=False)
+
+
+def _wait_refused(port: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _refused(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _refused(port)
+
+
+def test_publish_all_ports_with_capital_p(cove: Cove, hello_image: str) -> None:
+    name = f"pall-{uuid.uuid4().hex[:6]}"
+    cove.docker("run", "-d", "--name", name, "--expose", "80", "-P", hello_image, "sh", "-c",
+                SERVE, name)
+    try:
+        # Docker picks the port in the VM; the host opens the same number.
+        out = cove.docker("port", name, "80/tcp").stdout.split()[0]
+        port = int(out.rsplit(":", 1)[1])
+        assert _get(port)[0] == f"hello-{name}"
+    finally:
+        cove.docker("rm", "-f", name)
+    assert _wait_refused(port)
+
+
+def test_port_range_publishes_every_port(cove: Cove, hello_image: str) -> None:
+    name = f"range-{uuid.uuid4().hex[:6]}"
+    two = ("mkdir -p /www && echo hello-$0 > /www/index.html && httpd -p 81 -h /www && "
+           "exec httpd -f -p 80 -h /www")
+    cove.docker("run", "-d", "--name", name, "-p", "18090-18091:80-81", hello_image, "sh",
+                "-c", two, name)
+    try:
+        assert _get(18090)[0] == f"hello-{name}"
+        assert _get(18091)[0] == f"hello-{name}"
+    finally:
+        cove.docker("rm", "-f", name)
+    assert _wait_refused(18090) and _wait_refused(18091)
+
+
+def test_host_network_listener_is_forwarded(cove: Cove, hello_image: str) -> None:
+    name = f"hostnet-{uuid.uuid4().hex[:6]}"
+    serve = "mkdir -p /www && echo hello-$0 > /www/index.html && exec httpd -f -p 18092 -h /www"
+    cove.docker("run", "-d", "--name", name, "--network", "host", hello_image, "sh", "-c",
+                serve, name)
+    try:
+        assert _get(18092)[0] == f"hello-{name}"
+        fwd = [p for p in _ports(cove) if p["host_port"] == 18092]
+        assert fwd and fwd[0]["state"] == "forwarding"
+    finally:
+        cove.docker("rm", "-f", name)
+    assert _wait_refused(18092)
+
+
+def test_server_bound_to_the_containers_loopback_is_not_exposed(cove: Cove,
+                                                                 hello_image: str) -> None:
+    name = f"private-{uuid.uuid4().hex[:6]}"
+    serve = ("mkdir -p /www && echo secret > /www/index.html && "
+             "exec httpd -f -p 127.0.0.1:80 -h /www")
+    cove.docker("run", "-d", "--name", name, "-p", "18093:80", hello_image, "sh", "-c", serve)
+    try:
+        deadline = time.monotonic() + 15
+        while not [p for p in _ports(cove) if p["host_port"] == 18093]:
+            assert time.monotonic() < deadline, _ports(cove)
+            time.sleep(0.2)
+        for _ in range(3):
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:18093/", timeout=5) as r:
+                    body = r.read()
+            except (urllib.error.URLError, ConnectionError, OSError):
+                body = b""
+            assert b"secret" not in body
+            time.sleep(0.5)
+    finally:
+        cove.docker("rm", "-f", name)
+
+
+UDP_ECHO = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 53))\n"
+            "while True:\n"
+            "    data, peer = s.recvfrom(65535)\n"
+            "    s.sendto(b'echo:' + data, peer)\n")
+
+
+def test_udp_echo_through_a_published_port(cove: Cove, hello_image: str) -> None:
+    """A UDP server (the VM's python, run from its read-only root) behind -p 15353:53/udp."""
+    name = f"udp-{uuid.uuid4().hex[:6]}"
+    cove.docker("run", "-d", "--name", name, "-p", "15353:53/udp", "-v", "/:/vm:ro",
+                hello_image, "chroot", "/vm", "python3", "-c", UDP_ECHO)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            deadline = time.monotonic() + 30
+            got = b""
+            while time.monotonic() < deadline and not got:
+                s.sendto(b"ping-1", ("127.0.0.1", 15353))
+                try:
+                    got = s.recv(2048)
+                except OSError:
+                    pass
+            assert got == b"echo:ping-1"
+            # Several datagrams of one flow, each answered in order of sending.
+            for i in range(2, 6):
+                s.settimeout(5)
+                s.sendto(b"x" * 1000 + str(i).encode(), ("127.0.0.1", 15353))
+                assert s.recv(4096) == b"echo:" + b"x" * 1000 + str(i).encode()
+        fwd = [p for p in _ports(cove) if p["host_port"] == 15353]
+        assert fwd and fwd[0]["proto"] == "udp"
+    finally:
+        cove.docker("rm", "-f", name)
+
+
+def test_ipv6_localhost_reaches_the_port_too(cove: Cove, hello_image: str) -> None:
+    from desktop.portfwd import host_has_ipv6
+    if not host_has_ipv6():
+        pytest.skip("this host has no IPv6 loopback (the forwarder binds 127.0.0.1 only)")
+    name = f"v6-{uuid.uuid4().hex[:6]}"
+    cove.docker("run", "-d", "--name", name, "-p", "18094:80", hello_image, "sh", "-c",
+                SERVE, name)
+    try:
+        _get(18094)
+        with urllib.request.urlopen("http://[::1]:18094/", timeout=10) as r:
+            assert r.read().decode().strip() == f"hello-{name}"
+    finally:
+        cove.docker("rm", "-f", name)
+
+
+def test_compose_project_ports(cove: Cove, hello_image: str, tmp_path) -> None:
+    project = f"p{uuid.uuid4().hex[:6]}"
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n"
+        "  web:\n"
+        f"    image: {hello_image}\n"
+        f"    command: [sh, -c, '{SERVE}', {project}]\n"
+        "    ports: ['18095:80']\n")
+    up = ["compose", "-p", project, "-f", str(tmp_path / "compose.yaml")]
+    cove.docker(*up, "up", "-d")
+    try:
+        assert _get(18095)[0] == f"hello-{project}"
+    finally:
+        cove.docker(*up, "down", "-t", "1")
+    assert _wait_refused(18095)

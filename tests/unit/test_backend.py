@@ -742,3 +742,21 @@ def test_run_leaves_no_thread_behind(make_cove: Callable[..., Cove]) -> None:
 
     c.wait_for(lambda: not leftovers(), timeout=2)
     assert leftovers() == []
+
+
+def test_a_jump_of_the_hosts_clock_reaches_the_guest_at_once(
+        make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    before = len(c.agent_ops("set_time"))
+    result = c.request("clock_offset", seconds=3600)
+    assert result["offset_seconds"] == 3600
+    # Seen by the jump check (ticks every second), not by the 10 s schedule.
+    pushes = c.wait_for(lambda: c.agent_ops("set_time")[before:], timeout=4)
+    assert pushes, "the jump was not pushed"
+    assert abs(pushes[-1]["ns"] - (time.time_ns() + 3600 * 10**9)) < 5 * 10**9
+    c.request("clock_offset", seconds=0)
+    back = c.wait_for(lambda: [p for p in c.agent_ops("set_time")[before:]
+                               if abs(p["ns"] - time.time_ns()) < 5 * 10**9], timeout=4)
+    assert back, "the jump back was not pushed"
+    with pytest.raises(ControlError, match="within ten years"):
+        c.request("clock_offset", seconds=1e12)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from desktop.drivers import DiskError, VMSpec, qemu
+from desktop.drivers import DiskError, DriverError, VMSpec, qemu
 from desktop.drivers.qemu import Endpoint
 
 QEMU_IMG = shutil.which("qemu-img")
@@ -137,6 +137,19 @@ def test_command_hostfwd_loopback_only(spec: VMSpec) -> None:
                              Endpoint(path=spec.qmp_socket))
     fwds = [p for p in _arg(cmd, "-netdev").split(",") if p.startswith("hostfwd=")]
     assert fwds == ["hostfwd=tcp:127.0.0.1:41234-:10811"]
+
+
+def test_extra_forwards_are_checked_before_they_reach_qemu(spec: VMSpec) -> None:
+    spec.extra_hostfwd = ["tcp:127.0.0.1:19001-:19001"]
+    cmd = qemu.build_command(spec, "tcg", "linux", "qemu-system-x86_64",
+                             Endpoint(path=spec.qmp_socket))
+    assert "hostfwd=tcp:127.0.0.1:19001-:19001" in _arg(cmd, "-netdev").split(",")
+    # All interfaces, or a smuggled QEMU option: refused with the expected form.
+    for bad in ("tcp::19001-:80", "tcp:127.0.0.1:1-:2,restrict=off", "tcp:0.0.0.0:1-:2"):
+        spec.extra_hostfwd = [bad]
+        with pytest.raises(DriverError, match="HOSTPORT-:GUESTPORT"):
+            qemu.build_command(spec, "tcg", "linux", "qemu-system-x86_64",
+                               Endpoint(path=spec.qmp_socket))
 
 
 def test_command_probe(spec: VMSpec) -> None:
