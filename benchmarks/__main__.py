@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import api, boot, common, ports
+from benchmarks import api, boot, common, ports, shares
 
-SUITES = {"boot": boot.run, "api": api.run, "ports": ports.run}
+SUITES = {"boot": boot.run, "api": api.run, "ports": ports.run,
+          "shares": shares.run}
 
 
 def main() -> int:
@@ -15,13 +16,11 @@ def main() -> int:
     p.add_argument("names", nargs="*", choices=[*SUITES, []], help="default: all")
     p.add_argument("--runs", type=int, default=5, help="samples per figure (default 5)")
     args = p.parse_args()
-    figures: list[common.Figure] = []
-    accel = ""
     for name in args.names or list(SUITES):
         print(f"running {name} ({args.runs} runs each)...", file=sys.stderr, flush=True)
         figs, accel = SUITES[name](args.runs)
-        figures += figs
-    print(common.write(figures, accel))
+        common.save_suite(name, figs, accel)
+    print(common.render())
     return 0
 
 

@@ -59,27 +59,42 @@ def fmt(x: float, unit: str) -> str:
     return f"{x:.3g} {unit}"
 
 
-def write(figures: list[Figure], accel: str) -> str:
-    rows = [f.row() for f in figures]
+def save_suite(suite: str, figures: list[Figure], accel: str) -> None:
+    """Keep one suite's figures (results/<suite>.json); other suites' stay as they are."""
     RESULTS.mkdir(exist_ok=True)
     meta = {**machine(), "accel": accel}
-    (RESULTS / "latest.json").write_text(json.dumps({"machine": meta, "figures": rows},
-                                                    indent=2))
+    (RESULTS / f"{suite}.json").write_text(json.dumps(
+        {"machine": meta, "figures": [f.row() for f in figures]}, indent=2))
+
+
+def render() -> str:
+    """results/latest.md from every suite's latest figures; returns it."""
     lines = [
-        f"Measured {meta['date']} on {meta['cpus']} CPUs, Linux {meta['kernel']}, "
-        f"accelerator {accel}. Median (min-max) of each figure, and its ratio to the "
+        "Each suite's latest run. Median (min-max) of each figure, and its ratio to the "
         "baseline's median measured in the same run.",
-        "",
-        "| figure | Cove | baseline | ratio | target |",
-        "|---|---|---|---|---|",
     ]
-    for r in rows:
-        v, b = r["value"], r["base"]
-        lines.append(
-            f"| {r['name']} | {fmt(v['median'], r['unit'])} ({v['min']:.3g}-{v['max']:.3g}) "
-            f"| {r['baseline_name']}: {fmt(b['median'], r['unit'])} "
-            f"({b['min']:.3g}-{b['max']:.3g}) | {r['ratio']:.2f}x | {r['target']} |"
-        )
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.name == "latest.json":
+            continue
+        data = json.loads(path.read_text())
+        meta = data["machine"]
+        lines += [
+            "",
+            f"### {path.stem} ({meta['date']}, {meta['cpus']} CPUs, Linux {meta['kernel']}, "
+            f"accelerator {meta['accel']})",
+            "",
+            "| figure | Cove | baseline | ratio | target |",
+            "|---|---|---|---|---|",
+        ]
+        for r in data["figures"]:
+            v, b = r["value"], r["base"]
+            lines.append(
+                f"| {r['name']} | {fmt(v['median'], r['unit'])} ({v['min']:.3g}-"
+                f"{v['max']:.3g}) | {r['baseline_name']}: {fmt(b['median'], r['unit'])} "
+                f"({b['min']:.3g}-{b['max']:.3g}) | {r['ratio']:.2f}x | {r['target']} |"
+            )
+            for note in r.get("notes") or []:
+                lines.append(f"| &nbsp;&nbsp;{note} | | | | |")
     md = "\n".join(lines) + "\n"
     (RESULTS / "latest.md").write_text(md)
     return md

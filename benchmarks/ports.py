@@ -30,6 +30,9 @@ BARE_PORT = 19001
 PUBLISHED = 19002
 UPLOAD_MIB = 64
 
+# The VM's python3 (its mount namespace) in the container's network namespace.
+VM_PYTHON = ["--privileged", "--pid", "host", "cove-hello", "nsenter", "-t", "1", "-m",
+             "python3", "-c"]
 SERVER = """
 import socket, threading
 def serve(c):
@@ -101,7 +104,7 @@ def _answers(port: int) -> bool:
     try:
         _connect_echo(port)
         return True
-    except OSError:
+    except (OSError, RuntimeError):  # refused, or accepted and closed: not serving yet
         return False
 
 
@@ -126,8 +129,7 @@ def run(runs: int) -> tuple[list[Figure], str]:
                                        check=True, capture_output=True, cwd=ROOT).stdout)
         build_hello_image(docker, "cove-hello", env=env)
         subprocess.run([*docker, "run", "-d", "--name", "sink", "-p", f"{PUBLISHED}:5001",
-                        "-v", "/:/vm:ro", "cove-hello", "chroot", "/vm", "python3", "-c",
-                        SERVER], env=env, check=True, capture_output=True)
+                        *VM_PYTHON, SERVER], env=env, check=True, capture_output=True)
         _wait(lambda: _answers(PUBLISHED) and _answers(BARE_PORT))
         size = UPLOAD_MIB << 20
         _upload(PUBLISHED, size >> 2), _upload(BARE_PORT, size >> 2)  # warm up
@@ -146,8 +148,7 @@ def run(runs: int) -> tuple[list[Figure], str]:
             port = 19010 + i
             t0 = time.perf_counter()
             subprocess.run([*docker, "run", "-d", "--name", f"p{i}", "-p", f"{port}:5001",
-                            "-v", "/:/vm:ro", "cove-hello", "chroot", "/vm", "python3", "-c",
-                            SERVER], env=env, check=True, capture_output=True)
+                            *VM_PYTHON, SERVER], env=env, check=True, capture_output=True)
             t1 = time.perf_counter()
             run_cmd.append(t1 - t0)
             # Counted once the host's listener exists (the container's server may still
@@ -162,6 +163,11 @@ def run(runs: int) -> tuple[list[Figure], str]:
             release.append(time.perf_counter() - t2)
         accel = st["accel"]
     finally:
+        keep = Path("/tmp/cove-bench-logs")
+        keep.mkdir(exist_ok=True)
+        for log in ("backend.log", "serial.log", "events.log"):
+            if (base / "h" / "bench" / log).exists():
+                shutil.copy2(base / "h" / "bench" / log, keep / log)
         subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
                        capture_output=True, cwd=ROOT)
         shutil.rmtree(base, ignore_errors=True)

@@ -31,9 +31,9 @@ from typing import Any
 import vm_image
 from desktop import context, drivers, pidfile, ssh
 from desktop.control import ControlError
-from desktop.drivers import Driver, DriverError, VMSpec
+from desktop.drivers import Driver, DriverError, SharedFolder, VMSpec
 from desktop.drivers.qemu import free_port
-from desktop.instance import Instance, Settings, SettingsError, remove_socket
+from desktop.instance import Instance, Settings, SettingsError, parse_shares, remove_socket
 from desktop.link import AgentError, ControlChannel, Link, LinkError
 from desktop.portfwd import PortForwarder
 from guest_engine import relay
@@ -183,6 +183,7 @@ class Backend:
         self._listeners: list[socket.socket] = []
         self._last_time_push = 0.0
         self._clock_offset_ns = 0  # a simulated jump of the host's clock (tests)
+        self.shares: list[SharedFolder] = []  # what this boot shares (settings may differ)
 
     # -- state -----------------------------------------------------------------------
 
@@ -219,7 +220,22 @@ class Backend:
             "reason": self.reason,
             "engine_error": self.agent_hello.get("engine_error", ""),
             "ports": self.forwarder.snapshot() if self.forwarder else [],
+            "shares": [{"path": sh.path, "transport": sh.transport} for sh in self.shares],
+            "shares_pending": self.shares_pending(),
         }
+
+    def shares_pending(self) -> bool:
+        """True when the saved settings share other folders than this boot does (the VM
+        must restart to apply them)."""
+        if self.spec is None:
+            return False
+        try:
+            saved = parse_shares(self.inst.load_settings().shares)
+        except SettingsError:
+            return False
+        booted = [(sh.path, sh.transport) for sh in self.shares]
+        return [p for p, _ in saved] != [p for p, _ in booted] or any(
+            t not in ("auto", bt) for (_, t), (_, bt) in zip(saved, booted, strict=False))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -278,9 +294,16 @@ class Backend:
                 f"no guest image for {s.arch} matches this version of Cove; "
                 f"build it with `cove image build --arch {s.arch}` (as root)"
             )
+        if self.driver is None:
+            self.driver = drivers.pick(arch=s.arch, accel_cache=inst.home / "accel.json")
+        shares, notes = self.driver.resolve_shares(parse_shares(s.shares))
+        self.shares = shares
+        for note in notes:
+            log.info("%s", note)
         token = secrets.token_hex(32)
         boot_config = {"token": token, "network": "user", "engine_config": s.engine_config,
-                       "ssh_authorized_key": ssh.ensure_key(inst.folder)}
+                       "ssh_authorized_key": ssh.ensure_key(inst.folder),
+                       "shares": [sh.boot_entry() for sh in shares]}
         old = os.umask(0o177)
         try:
             inst.boot_config.unlink(missing_ok=True)
@@ -292,11 +315,9 @@ class Backend:
             initramfs=image.initramfs, root_image=image.root, data_disk=inst.data_disk,
             boot_config=inst.boot_config, cpus=s.cpus, memory_mib=s.memory_mib,
             disk_gib=s.disk_gib, arch=s.arch, link_port=free_port(), ssh_port=free_port(),
-            extra_hostfwd=os.environ.get("COVE_QEMU_HOSTFWD", "").split(),
+            extra_hostfwd=os.environ.get("COVE_QEMU_HOSTFWD", "").split(), shares=shares,
         )
         ssh.write_config(inst.folder, inst.context_name, self.spec.ssh_port)
-        if self.driver is None:
-            self.driver = drivers.pick(arch=s.arch, accel_cache=inst.home / "accel.json")
         self.set_state("starting", step="disk")
         self.driver.create(self.spec)
         for attempt in (1, 2):

@@ -25,6 +25,7 @@ from desktop.instance import (
     MIB,
     Instance,
     SettingsError,
+    parse_shares,
     parse_size,
 )
 
@@ -319,6 +320,77 @@ def cmd_ports(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- shares ------------------------------------------------------------------------------
+
+
+def _share_paths(entries: list[Any]) -> list[str]:
+    return [p for p, _ in parse_shares(entries)]
+
+
+def cmd_shares(args: argparse.Namespace) -> int:
+    """List, add or remove shared folders; a change to a running VM's set asks first."""
+    inst = _instance(args)
+    settings = inst.load_settings()
+    st = status_of(inst)
+    running = st["state"] in ("running", "starting", "degraded")
+    if args.action == "list":
+        booted = {sh["path"]: sh["transport"] for sh in st.get("shares") or []}
+        saved = parse_shares(settings.shares)
+        if args.json:
+            print(json.dumps([{"path": p, "transport": booted.get(p, t),
+                               "mounted": p in booted} for p, t in saved], indent=2))
+            return 0
+        if not saved:
+            print("No folder is shared with the VM (add one: cove shares add PATH)")
+        for path, transport in saved:
+            where = f"mounted ({booted[path]})" if path in booted else (
+                "after a restart" if running else transport)
+            print(f"{path:40} {where}")
+        for path in booted:
+            if path not in dict(saved):
+                print(f"{path:40} mounted until the next restart (removed from settings)")
+        return 0
+    if not args.path:
+        raise CliError(f"cove shares {args.action} needs a folder path")
+    path = os.path.normpath(os.path.abspath(os.path.expanduser(args.path)))
+    before = _share_paths(settings.shares)
+    if args.action == "add":
+        if not Path(path).is_dir():
+            raise CliError(f"{path} is not a folder on this computer")
+        if path in before:
+            print(f"{path} is already shared")
+            return 0
+        entry: Any = path if args.transport == "auto" else {"path": path,
+                                                             "transport": args.transport}
+        settings.shares = [*settings.shares, entry]
+    else:
+        if path not in before:
+            raise CliError(f"{path} is not shared; shared folders: "
+                           f"{', '.join(before) or 'none'}")
+        settings.shares = [e for e in settings.shares
+                           if (e if isinstance(e, str) else e.get("path")) != path]
+    settings.validate()
+    inst.save_settings(settings)
+    verb = "shared" if args.action == "add" else "no longer shared"
+    if not running:
+        print(f"{path} is {verb} from the next start")
+        return 0
+    _say(f"{path} is {verb} once the VM restarts (running containers stop; those with a "
+         "restart policy start again).")
+    restart = args.restart
+    if restart is None:
+        restart = sys.stdin.isatty() and input("Restart now? [y/N] ").strip().lower() in (
+            "y", "yes")
+    if not restart:
+        print("Saved. Run `cove restart` to apply it.")
+        return 0
+    args.no_activate = (inst.folder / "no-activate").exists()
+    stop_backend(inst)
+    for name in ("cpus", "memory", "disk"):
+        setattr(args, name, None)
+    return cmd_start(args)
+
+
 # -- delete / reset ----------------------------------------------------------------------
 
 
@@ -498,6 +570,17 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--force", "-f", action="store_true", help="do not ask")
     pt = add("ports", cmd_ports, "list the container ports forwarded to this computer")
     pt.add_argument("--json", action="store_true", help="machine-readable output")
+    sr = add("shares", cmd_shares, "list, add or remove host folders shared with the VM")
+    sr.add_argument("action", nargs="?", choices=["list", "add", "remove"], default="list")
+    sr.add_argument("path", nargs="?", help="the host folder")
+    sr.add_argument("--transport", choices=["auto", "virtiofs", "9p"], default="auto",
+                    help="how the folder is shared (default: virtiofs where possible)")
+    sr.add_argument("--json", action="store_true", help="machine-readable list")
+    rg = sr.add_mutually_exclusive_group()
+    rg.add_argument("--restart", dest="restart", action="store_true", default=None,
+                    help="restart the VM at once if the change needs it")
+    rg.add_argument("--no-restart", dest="restart", action="store_false",
+                    help="only save the change")
     lg = add("logs", cmd_logs, "show the backend's, agent's and engine's logs")
     lg.add_argument("name", nargs="?", choices=["backend", "agent", "dockerd", "containerd",
                                                 "serial"])

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import stat
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,73 @@ def default_cpus() -> int:
     return max(1, min(host_cpus(), 4))
 
 
+SHARE_TRANSPORTS = ("auto", "virtiofs", "9p")
+# The VM's own folders: a share mounted on or over one of them would break the VM.
+VM_RESERVED = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/mnt/data", "/proc",
+               "/run", "/sbin", "/sys", "/usr", "/var/lib/containerd", "/var/lib/docker",
+               "/var/run")
+MAX_SHARES = 16
+
+
+def default_shares() -> list[Any]:
+    """The user's home folder; on macOS also where volumes and temporary files live."""
+    if sys.platform == "darwin":
+        return [str(Path.home()), "/Volumes", "/private", "/tmp", "/var/folders"]
+    if sys.platform == "win32":
+        return []  # Windows paths need a translation that Cove does not do yet
+    return [str(Path.home())]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def parse_shares(entries: Any) -> list[tuple[str, str]]:
+    """The `shares` setting as [(path, transport)]; SettingsError names the bad entry.
+
+    An entry is a folder path, or {"path": ..., "transport": "auto"|"virtiofs"|"9p"}.
+    Each folder is mounted in the VM at the same path, so it must be absolute and
+    normalized, must not be (or contain) one of the VM's own folders, and shares must
+    not nest (one mount would hide part of the other).
+    """
+    if not isinstance(entries, list):
+        raise SettingsError("shares: must be a list of folder paths")
+    if len(entries) > MAX_SHARES:
+        raise SettingsError(f"shares: {len(entries)} folders; at most {MAX_SHARES}")
+    out: list[tuple[str, str]] = []
+    for e in entries:
+        if isinstance(e, str):
+            path, transport = e, "auto"
+        elif isinstance(e, dict) and isinstance(e.get("path"), str) and \
+                set(e) <= {"path", "transport"}:
+            path, transport = e["path"], e.get("transport", "auto")
+        else:
+            raise SettingsError(
+                f"shares: {e!r} is not a folder path nor {{\"path\": ..., \"transport\": ...}}")
+        if transport not in SHARE_TRANSPORTS:
+            raise SettingsError(f"shares: {path}: transport {transport!r} is not one of "
+                                f"{', '.join(SHARE_TRANSPORTS)}")
+        if not path.startswith("/"):
+            raise SettingsError(f"shares: {path!r} is not an absolute path; write it from /")
+        norm = posixpath.normpath(path)
+        if norm != path:
+            raise SettingsError(f"shares: write {path!r} as {norm!r}")
+        if path == "/":
+            raise SettingsError("shares: / would share the whole computer and hide the VM's "
+                                "own files; share the folders you work in, e.g. your home")
+        for r in VM_RESERVED:
+            if _under(path, r) or _under(r, path):
+                raise SettingsError(f"shares: {path} overlaps the VM's own {r}; share a "
+                                    "folder outside it (e.g. under your home)")
+        for other, _ in out:
+            if _under(path, other) or _under(other, path):
+                inner, outer = (path, other) if _under(path, other) else (other, path)
+                raise SettingsError(f"shares: {inner} is inside {outer}, which is shared "
+                                    "too; keep only one of them")
+        out.append((path, transport))
+    return out
+
+
 SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B))?\s*", re.IGNORECASE)
 
 
@@ -88,7 +157,7 @@ class Settings:
     arch: str = "amd64"
     engine_config: dict[str, Any] = field(default_factory=dict)
     expose_ports_on_all_interfaces: bool = False
-    shares: list[str] = field(default_factory=list)
+    shares: list[Any] = field(default_factory=default_shares)
 
     def validate(self) -> None:
         if not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1:
@@ -114,8 +183,7 @@ class Settings:
             raise SettingsError("engine_config: must be a JSON object (the engine's daemon.json)")
         if not isinstance(self.expose_ports_on_all_interfaces, bool):
             raise SettingsError("expose_ports_on_all_interfaces: must be true or false")
-        if not isinstance(self.shares, list) or not all(isinstance(s, str) for s in self.shares):
-            raise SettingsError("shares: must be a list of folder paths")
+        parse_shares(self.shares)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

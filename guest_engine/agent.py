@@ -35,7 +35,7 @@ SSH_PORT = 22
 
 def start_ssh(authorized_key: str) -> None:
     """dropbear for `cove shell` and IDEs: key login only, host keys made per boot."""
-    ssh = Path("/root/.ssh")
+    ssh = boot.VM_ROOT_HOME / ".ssh"
     ssh.mkdir(mode=0o700, exist_ok=True)
     (ssh / "authorized_keys").write_text(authorized_key.strip() + "\n")
     (ssh / "authorized_keys").chmod(0o600)
@@ -105,6 +105,8 @@ class Agent:
             return {"ok": True, "result": engine.tail_log(name, int(req.get("lines", 200)))}
         if op == "ports":
             return {"ok": True, "result": self.ports.snapshot()}
+        if op == "touch":
+            return {"ok": True, "result": self.touch(req.get("changes") or [])}
         if op == "shutdown":
             self.request_shutdown("requested by the host")
             return {"ok": True, "result": "shutting down"}
@@ -119,6 +121,7 @@ class Agent:
             "memory": {"total": mem.get("MemTotal", 0), "available": mem.get("MemAvailable", 0)},
             "disk": self.info.disk,
             "network": self.info.network,
+            "shares": self.info.shares,
             "resolver": self.info.resolver,
             "balloon": self.info.balloon,
             "restarts": {"dockerd": self.engine.dockerd.restarts,
@@ -134,6 +137,28 @@ class Agent:
         except OSError:
             pass
         return st
+
+    def touch(self, changes: list) -> int:
+        """Raise inotify events for host-side changes: chmod each path to the mode the
+        host reported (a no-op on the host, an IN_ATTRIB for watchers in the VM).
+        Only paths inside a mounted share are touched; returns how many were."""
+        roots = [sh["path"] for sh in self.info.shares if not sh.get("error")]
+        done = 0
+        for item in changes:
+            try:
+                path, mode = str(item[0]), int(item[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            # Its real folder too: a symlinked folder must not lead the chmod out of a share.
+            if os.path.normpath(path) != path or not _inside(path, roots) or \
+                    not _inside(os.path.realpath(os.path.dirname(path)), roots):
+                continue
+            try:
+                os.chmod(path, mode & 0o7777, follow_symlinks=False)
+                done += 1
+            except (OSError, NotImplementedError):
+                pass  # gone again, or a symlink (no lchmod on Linux)
+        return done
 
     def set_time(self, ns: int) -> dict[str, Any]:
         drift = ns - time.clock_gettime_ns(time.CLOCK_REALTIME)
@@ -227,6 +252,10 @@ class Agent:
                 _, _, etype, code, value = struct.unpack(fmt, data)
                 if etype == EV_KEY and code == KEY_POWER and value == 1:
                     self.request_shutdown("ACPI power button")
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r + "/") for r in roots)
 
 
 def _power_button_device() -> str | None:

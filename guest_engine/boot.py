@@ -60,6 +60,7 @@ class BootInfo:
         self.network: dict = {}
         self.balloon = False
         self.resolver: dict = {}
+        self.shares: list[dict] = []
         self.errors: list[str] = []
 
 
@@ -334,6 +335,64 @@ def setup_data_disk() -> tuple[str | None, dict]:
     return dev, info
 
 
+NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=524288,cache=mmap"
+VM_ROOT_HOME = RUN_DIR / "root"
+# Never mounted on or under: the VM's own folders (the host validates this too).
+SHARE_NOT_ON = ("/", "/mnt", "/var", "/var/lib")
+SHARE_NOT_UNDER = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/mnt/data", "/proc",
+                   "/run", "/sbin", "/sys", "/usr", "/var/lib/containerd", "/var/lib/docker",
+                   "/var/run")
+
+
+def share_path_allowed(path: str) -> bool:
+    if not path.startswith("/") or os.path.normpath(path) != path or path in SHARE_NOT_ON:
+        return False
+    return not any(path == p or path.startswith(p + "/") for p in SHARE_NOT_UNDER)
+
+
+def relocate_root_home() -> None:
+    """Move the VM's root home out of /root: a Linux host run as root shares /root."""
+    VM_ROOT_HOME.mkdir(mode=0o700, parents=True, exist_ok=True)
+    passwd = Path("/etc/passwd")
+    lines = passwd.read_text().splitlines()
+    for i, line in enumerate(lines):
+        f = line.split(":")
+        if len(f) == 7 and f[0] == "root":
+            f[5] = str(VM_ROOT_HOME)
+            lines[i] = ":".join(f)
+    passwd.write_text("\n".join(lines) + "\n")
+    os.environ["HOME"] = str(VM_ROOT_HOME)
+
+
+def mount_shares(shares: list) -> list[dict]:
+    """Mount each host folder at its own path; [{path, transport, tag, error}]."""
+    out = []
+    loaded: set[str] = set()
+    for sh in shares:
+        path, tag, transport = str(sh.get("path", "")), str(sh.get("tag", "")), \
+            str(sh.get("transport", ""))
+        entry = {"path": path, "tag": tag, "transport": transport, "error": ""}
+        out.append(entry)
+        if not share_path_allowed(path):
+            entry["error"] = "refused: not a folder Cove mounts shares on"
+            continue
+        modules = ["virtiofs"] if transport == "virtiofs" else ["9pnet_virtio", "9p"]
+        for m in modules:
+            if m not in loaded:
+                run(["modprobe", m], check=False)
+                loaded.add(m)
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            if transport == "virtiofs":
+                run(["mount", "-t", "virtiofs", tag, path])
+            else:
+                run(["mount", "-t", "9p", "-o", NINEP_OPTIONS, tag, path])
+        except (OSError, RuntimeError) as e:
+            entry["error"] = str(e)
+            log.error("share %s (%s over %s): %s", path, tag, transport, e)
+    return out
+
+
 def balloon_present() -> bool:
     return any(
         Path(p).resolve().name == "virtio_balloon"
@@ -349,6 +408,14 @@ def early(info: BootInfo) -> None:
     if not info.config:
         info.errors.append("no boot config (secret) from the host")
     set_sysctls()
+    try:
+        relocate_root_home()
+    except OSError as e:
+        info.errors.append(f"root home: {e}")
+    info.shares = mount_shares(info.config.get("shares") or [])
+    for sh in info.shares:
+        if sh["error"]:
+            info.errors.append(f"share {sh['path']}: {sh['error']}")
     try:
         info.data_device, info.disk = setup_data_disk()
     except Exception as e:  # noqa: BLE001 - reported to the host, boot goes on

@@ -130,7 +130,7 @@ class Forwarder:
         self._tcp.bind((listen, self._udp.getsockname()[1]))  # the same port (port 0)
         self._tcp.listen(64)
         self._up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._up.bind(("0.0.0.0", 0))
+        self._up.bind((listen, 0))  # not a wildcard: the port watcher ignores it
         self._pending: dict[int, tuple[int, tuple[str, int], float]] = {}
         self._closed = threading.Event()
         self.queries = 0

@@ -36,6 +36,18 @@ class Capabilities:
     virtio_serial: bool = False
 
 
+@dataclass(frozen=True)
+class SharedFolder:
+    """A host folder mounted in the VM at the same path."""
+
+    path: str
+    tag: str  # the device's mount tag, e.g. "cove0"
+    transport: str  # "virtiofs" or "9p" (resolved by the driver)
+
+    def boot_entry(self) -> dict[str, str]:
+        return {"path": self.path, "tag": self.tag, "transport": self.transport}
+
+
 @dataclass
 class VMSpec:
     """Everything a driver needs to boot one instance's VM."""
@@ -58,6 +70,7 @@ class VMSpec:
     # Extra QEMU user-networking forwards "tcp:127.0.0.1:HOST-:GUEST" (benchmarks use one
     # as the bare path that published ports are measured against).
     extra_hostfwd: list[str] = field(default_factory=list)
+    shares: list[SharedFolder] = field(default_factory=list)
 
     @property
     def serial_log(self) -> Path:
@@ -114,6 +127,12 @@ class Driver(Protocol):
 
     def link_address(self) -> tuple[str, int]:
         """Where the host reaches the guest agent (TCP)."""
+        ...
+
+    def resolve_shares(self, shares: list[tuple[str, str]]) -> tuple[list[SharedFolder],
+                                                                     list[str]]:
+        """Settings' (path, transport) pairs as the folders this driver will share, with
+        "auto" resolved; and notes on choices made. DriverError if one cannot be shared."""
         ...
 
 

@@ -27,7 +27,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.drivers import Capabilities, DiskError, DriverError, VMSpec, register
+from desktop.drivers import (
+    Capabilities,
+    DiskError,
+    DriverError,
+    SharedFolder,
+    VMSpec,
+    register,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +82,118 @@ class Endpoint:
         return str(self.path) if self.path is not None else ("127.0.0.1", self.port)
 
 
+def opt(value: object) -> str:
+    """A value inside a QEMU option string: commas are doubled (QEMU's escape)."""
+    return str(value).replace(",", ",,")
+
+
+# -- shared folders ---------------------------------------------------------------------
+
+VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
+
+
+@dataclass(frozen=True)
+class Virtiofsd:
+    """A virtiofsd binary: the Rust one (Debian 13, runs unprivileged) or QEMU's C one
+    (Debian 12, QEMU <= 7.2: needs root for its sandbox)."""
+
+    path: str
+    flavour: str  # "rust" or "c"
+
+    def usable(self, is_root: bool) -> tuple[bool, str]:
+        if self.flavour == "c" and not is_root:
+            return False, (f"{self.path} (QEMU's C virtiofsd) needs root; install the "
+                           "virtiofsd package (Debian 13 and later) to share over virtiofs")
+        return True, ""
+
+    def command(self, socket_path: Path, folder: str, is_root: bool) -> list[str]:
+        if self.flavour == "rust":
+            return [self.path, f"--socket-path={socket_path}", f"--shared-dir={folder}",
+                    "--cache=auto", "--announce-submounts",
+                    # Unprivileged, files are created as the user who runs Cove.
+                    "--sandbox=" + ("namespace" if is_root else "none")]
+        return [self.path, f"--socket-path={socket_path}", "-o", f"source={folder}",
+                "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "announce_submounts"]
+
+
+def find_virtiofsd(candidates: tuple[str, ...] = VIRTIOFSD_PATHS) -> Virtiofsd | None:
+    """The first virtiofsd found (COVE_VIRTIOFSD first), with its flavour."""
+    paths = [os.environ.get("COVE_VIRTIOFSD", ""), *candidates, shutil.which("virtiofsd") or ""]
+    for p in paths:
+        if not p or not os.access(p, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([p, "--help"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        text = out.stdout + out.stderr
+        return Virtiofsd(p, "rust" if "--shared-dir" in text else "c")
+    return None
+
+
+def resolve_shares(shares: list[tuple[str, str]], os_name: str,
+                   virtiofsd: Virtiofsd | None, is_root: bool,
+                   ) -> tuple[list[SharedFolder], list[str]]:
+    """(path, transport) settings as SharedFolders for QEMU on `os_name`.
+
+    virtiofs (faster, with a shared-memory backend) needs Linux and a usable virtiofsd;
+    9p is built into QEMU on Linux and macOS. "auto" takes virtiofs where it can, and
+    says why not otherwise. QEMU on Windows shares no folder (its 9p has no Windows
+    backend).
+    """
+    notes: list[str] = []
+    vfs_ok, vfs_why = False, ""
+    if os_name != "linux":
+        vfs_why = "QEMU has no virtiofs on this host"
+    elif virtiofsd is None:
+        vfs_why = ("virtiofsd is not installed (Debian: apt-get install virtiofsd, or "
+                   "qemu-system-common on Debian 12)")
+    else:
+        vfs_ok, vfs_why = virtiofsd.usable(is_root)
+    out = []
+    for i, (path, transport) in enumerate(shares):
+        if os_name == "windows":
+            raise DriverError(f"cannot share {path}: QEMU on Windows has no folder sharing; "
+                              "remove it from the shares setting")
+        if transport == "virtiofs" and not vfs_ok:
+            raise DriverError(f"cannot share {path} over virtiofs: {vfs_why}; set its "
+                              "transport to 9p or auto")
+        if transport == "auto":
+            transport = "virtiofs" if vfs_ok else "9p"
+            if not vfs_ok and not notes:
+                notes.append(f"shares use 9p: {vfs_why}")
+        if not Path(path).is_dir():
+            raise DriverError(f"cannot share {path}: it is not a folder on this computer; "
+                              "create it or remove it from the shares setting")
+        out.append(SharedFolder(path, f"cove{i}", transport))
+    return out, notes
+
+
+def share_args(spec: VMSpec, bus: str, is_root: bool) -> list[str]:
+    """QEMU arguments for the spec's shares (virtiofs needs guest RAM QEMU can share)."""
+    args: list[str] = []
+    for i, sh in enumerate(spec.shares):
+        if sh.transport == "virtiofs":
+            args += ["-chardev", f"socket,id=fs{i},path={opt(virtiofs_socket(spec, i))}",
+                     "-device", f"vhost-user-fs-{bus},queue-size=1024,chardev=fs{i},"
+                                f"tag={sh.tag}"]
+        else:
+            # Unprivileged, QEMU creates files as the user and ignores chown failures
+            # ("none"); as root it keeps the guest's owners, as a native engine would.
+            model = "passthrough" if is_root else "none"
+            args += ["-fsdev", f"local,id=fsdev{i},path={opt(sh.path)},"
+                               f"security_model={model},multidevs=remap",
+                     "-device", f"virtio-9p-{bus},fsdev=fsdev{i},mount_tag={sh.tag}"]
+    return args
+
+
+def virtiofs_socket(spec: VMSpec, index: int) -> Path:
+    return spec.folder / f"virtiofs-{index}.sock"
+
+
 def build_command(spec: VMSpec, accel: str, os_name: str, qemu: str,
                   qmp: Endpoint, control: Endpoint | None = None,
-                  probe: bool = False) -> list[str]:
+                  probe: bool = False, is_root: bool = False) -> list[str]:
     """The full QEMU command line for `spec` under `accel` on `os_name`."""
     x86 = spec.arch == "amd64"
     console = "ttyS0" if x86 else "ttyAMA0"
@@ -93,6 +209,10 @@ def build_command(spec: VMSpec, accel: str, os_name: str, qemu: str,
     else:  # tcg, and whpx (QEMU's WHPX does not take -cpu host)
         cmd += ["-cpu", "max"]
     cmd += ["-smp", str(spec.cpus), "-m", f"{spec.memory_mib}M"]
+    if not probe and any(sh.transport == "virtiofs" for sh in spec.shares):
+        # vhost-user devices (virtiofsd) map guest RAM: it must be a shareable file.
+        cmd += ["-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",
+                "-machine", "memory-backend=mem"]
     append = f"console={console} panic=-1 quiet loglevel=3"
     if accel == "tcg" and x86:
         # Under emulation the timer interrupts lag, so the clocksource watchdog finds the
@@ -130,7 +250,8 @@ def build_command(spec: VMSpec, accel: str, os_name: str, qemu: str,
             "-device", f"virtio-net-{bus},netdev=net0,romfile="]
     cmd += ["-device", f"virtio-balloon-{bus},free-page-reporting=on",
             "-device", f"virtio-rng-{bus}"]
-    cmd += ["-fw_cfg", f"name=opt/org.cove/boot,file={spec.boot_config}"]
+    cmd += share_args(spec, bus, is_root)
+    cmd += ["-fw_cfg", f"name=opt/org.cove/boot,file={opt(spec.boot_config)}"]
     cmd += ["-qmp", qmp.qemu_arg()]
     if control is not None:
         cmd += ["-device", f"virtio-serial-{bus}",
@@ -286,6 +407,64 @@ class QemuDriver:
         self.accel_notes: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.spec: VMSpec | None = None
+        self.helpers: list[subprocess.Popen] = []  # virtiofsd, one per virtiofs share
+        self._virtiofsd: Virtiofsd | None = None
+        self._virtiofsd_looked = False
+
+    @staticmethod
+    def is_root() -> bool:
+        return hasattr(os, "geteuid") and os.geteuid() == 0
+
+    def virtiofsd(self) -> Virtiofsd | None:
+        if not self._virtiofsd_looked:
+            self._virtiofsd = find_virtiofsd() if self.os_name == "linux" else None
+            self._virtiofsd_looked = True
+        return self._virtiofsd
+
+    def resolve_shares(self, shares: list[tuple[str, str]]) -> tuple[list[SharedFolder],
+                                                                     list[str]]:
+        return resolve_shares(shares, self.os_name,
+                              self.virtiofsd() if shares else None, self.is_root())
+
+    def _start_virtiofsd(self, spec: VMSpec) -> None:
+        """One virtiofsd per virtiofs share, each listening before QEMU connects."""
+        self._stop_helpers()
+        for i, sh in enumerate(spec.shares):
+            if sh.transport != "virtiofs":
+                continue
+            vfs = self.virtiofsd()
+            if vfs is None:
+                raise DriverError(f"cannot share {sh.path} over virtiofs: virtiofsd is "
+                                  "not installed")
+            sock = virtiofs_socket(spec, i)
+            sock.unlink(missing_ok=True)
+            logf = (spec.folder / f"virtiofsd-{i}.log").open("wb")
+            cmd = vfs.command(sock, sh.path, self.is_root())
+            log.info("starting virtiofsd: %s", " ".join(cmd))
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                 start_new_session=True)
+            logf.close()
+            self.helpers.append(p)
+            deadline = time.monotonic() + 10
+            while not sock.exists():
+                if p.poll() is not None or time.monotonic() > deadline:
+                    err = (spec.folder / f"virtiofsd-{i}.log").read_text(
+                        errors="replace").strip()
+                    self._stop_helpers()
+                    raise DriverError(f"virtiofsd for {sh.path} did not start: "
+                                      f"{err[-400:] or 'no socket in 10 s'}")
+                time.sleep(0.02)
+
+    def _stop_helpers(self) -> None:
+        for p in self.helpers:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(3)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.helpers = []
 
     def available(self) -> tuple[bool, str]:
         if shutil.which(self.qemu) is None:
@@ -305,7 +484,8 @@ class QemuDriver:
         qemu = shutil.which(self.qemu) or self.qemu
         return build_command(spec, self.accel or "tcg", self.os_name, qemu,
                              self._endpoint(spec.qmp_socket),
-                             control=self._endpoint(spec.control_socket))
+                             control=self._endpoint(spec.control_socket),
+                             is_root=self.is_root())
 
     def start(self, spec: VMSpec) -> None:
         qemu = shutil.which(self.qemu)
@@ -319,6 +499,7 @@ class QemuDriver:
         spec.control_socket.unlink(missing_ok=True)
         spec.serial_log.unlink(missing_ok=True)
         cmd = self.command(spec)
+        self._start_virtiofsd(spec)
         errlog = (spec.folder / "qemu.log").open("wb")
         log.info("starting QEMU: %s", " ".join(cmd))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errlog,
@@ -327,6 +508,7 @@ class QemuDriver:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._stop_helpers()
                 err = (spec.folder / "qemu.log").read_text(errors="replace").strip()
                 raise DriverError(f"QEMU exited at once (status {self.proc.returncode}): "
                                   f"{err[-500:]}")
@@ -368,9 +550,10 @@ class QemuDriver:
             return True
         try:
             self.proc.wait(timeout)
-            return True
         except subprocess.TimeoutExpired:
             return False
+        self._stop_helpers()  # they end with QEMU's connection; reap them
+        return True
 
     def stop(self, timeout: float = 30) -> None:
         """ACPI powerdown, then QMP quit, then SIGKILL; each step waits its share."""
@@ -390,6 +573,7 @@ class QemuDriver:
             os.killpg(self.proc.pid, signal.SIGKILL) if self.os_name != "windows" \
                 else self.proc.kill()
             self.proc.wait()
+        self._stop_helpers()
 
     def delete(self, spec: VMSpec) -> None:
         self.kill()

@@ -94,11 +94,25 @@ def cove_home() -> Iterator[tuple[Path, Path]]:
 
 
 @pytest.fixture(scope="session")
-def cove(cove_home: tuple[Path, Path]) -> Iterator[Cove]:
+def shares(cove_home: tuple[Path, Path]) -> dict[str, Path]:
+    """Two host folders the session's VM shares: one over the default transport
+    (virtiofs here), one over 9p."""
+    base = cove_home[0].parent
+    out = {"auto": base / "share-auto", "9p": base / "share-9p"}
+    for p in out.values():
+        p.mkdir()
+    return out
+
+
+@pytest.fixture(scope="session")
+def cove(cove_home: tuple[Path, Path], shares: dict[str, Path]) -> Iterator[Cove]:
     """A running instance (booted once per session), deleted at the end."""
     c = Cove(*cove_home)
     images = Path(c.env["COVE_IMAGES"])
     assert images.is_dir(), f"no guest images in {images}: run `make image` first"
+    c.cove("shares", "remove", str(Path.home()))  # the default share: not the tests'
+    for transport, path in shares.items():
+        c.cove("shares", "add", str(path), "--transport", transport)
     c.cove("start", "--cpus", "2", "--memory", "2G", timeout=900)
     try:
         yield c

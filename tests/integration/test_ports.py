@@ -181,10 +181,12 @@ UDP_ECHO = ("import socket\n"
 
 
 def test_udp_echo_through_a_published_port(cove: Cove, hello_image: str) -> None:
-    """A UDP server (the VM's python, run from its read-only root) behind -p 15353:53/udp."""
+    """A UDP server behind -p 15353:53/udp: the VM's own python3, entered through the VM's
+    mount namespace (busybox nsenter) but in the container's network namespace."""
     name = f"udp-{uuid.uuid4().hex[:6]}"
-    cove.docker("run", "-d", "--name", name, "-p", "15353:53/udp", "-v", "/:/vm:ro",
-                hello_image, "chroot", "/vm", "python3", "-c", UDP_ECHO)
+    cove.docker("run", "-d", "--name", name, "-p", "15353:53/udp", "--privileged",
+                "--pid", "host", hello_image, "nsenter", "-t", "1", "-m", "python3", "-c",
+                UDP_ECHO)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.5)
@@ -238,3 +240,12 @@ def test_compose_project_ports(cove: Cove, hello_image: str, tmp_path) -> None:
     finally:
         cove.docker(*up, "down", "-t", "1")
     assert _wait_refused(18095)
+
+
+def test_the_vms_own_sockets_are_not_forwarded(cove: Cove) -> None:
+    """The agent's link, SSH and resolver (and its upstream socket) stay inside the VM."""
+    unknown = [p for p in _ports(cove) if not p["container"]]
+    # Host-network servers are the only ports without a container; the tests that start
+    # them remove them, and none uses UDP or the VM's service ports.
+    assert not [p for p in unknown if p["proto"] == "udp"], unknown
+    assert not [p for p in unknown if p["host_port"] in (22, 53, 10811)], unknown

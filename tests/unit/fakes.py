@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
-from desktop.drivers import Capabilities, VMSpec
+from desktop.drivers import Capabilities, SharedFolder, VMSpec
 from guest_engine import protocol, server
 
 AGENT_VERSION = "0.1.0"
@@ -319,6 +319,11 @@ class FakeDriver:
         if agent is not None and self._running:
             return "127.0.0.1", agent.port
         return "127.0.0.1", self.spec.link_port  # nothing listens there
+
+    def resolve_shares(self, shares: list[tuple[str, str]]) -> tuple[list[SharedFolder],
+                                                                     list[str]]:
+        return ([SharedFolder(p, f"cove{i}", "9p" if t == "auto" else t)
+                 for i, (p, t) in enumerate(shares)], [])
 
     # -- for tests ---------------------------------------------------------------------
 

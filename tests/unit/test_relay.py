@@ -13,6 +13,16 @@ import pytest
 from guest_engine import relay
 
 
+@pytest.fixture(autouse=True, params=["splice", "copy"])
+def copy_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with splice(2) (Linux) and with the portable user-space copy."""
+    if request.param == "copy":
+        monkeypatch.setattr(relay, "SPLICE", False)
+    else:
+        assert relay.SPLICE, "this Linux host's Python has os.splice"
+    return str(request.param)
+
+
 def _recv_all(s: socket.socket) -> bytes:
     chunks = []
     while chunk := s.recv(1 << 16):
