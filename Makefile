@@ -6,13 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 export COVE_HOME ?= $(HOME)/.cove
 
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools kmod cpio \
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools kmod cpio gcc libc6-dev \
 	busybox-static ca-certificates iproute2 python3-venv docker-registry \
 	xvfb xauth libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
 	libxcb-xinerama0 libxcb-image0 libdbus-1-3 libfontconfig1
 
-.PHONY: run test deps venv image lint typecheck unit integration ui bench clean
+.PHONY: run test deps venv image lint typecheck unit integration ui bench clean screenshots
 
 run: deps venv image
 	$(BIN)/python -m desktop.demo
@@ -59,6 +59,9 @@ integration: venv image
 
 bench: deps venv image
 	$(BIN)/python -m benchmarks
+
+screenshots: venv
+	xvfb-run -a $(BIN)/python -m desktop.tray.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) build *.egg-info

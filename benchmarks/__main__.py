@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import api, boot, common, ports, shares
+from benchmarks import api, boot, common, ports, shares, tray
 
 SUITES = {"boot": boot.run, "api": api.run, "ports": ports.run,
-          "shares": shares.run}
+          "shares": shares.run, "tray": tray.run}
 
 
 def main() -> int:

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
-from desktop import context, drivers, pidfile, ssh
+from desktop import apiguard, context, drivers, filewatch, pidfile, ssh
 from desktop.control import ControlError
 from desktop.drivers import Driver, DriverError, SharedFolder, VMSpec
 from desktop.drivers.qemu import free_port
 from desktop.instance import Instance, Settings, SettingsError, parse_shares, remove_socket
 from desktop.link import AgentError, ControlChannel, Link, LinkError
 from desktop.portfwd import PortForwarder
-from guest_engine import relay
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +183,11 @@ class Backend:
         self._last_time_push = 0.0
         self._clock_offset_ns = 0  # a simulated jump of the host's clock (tests)
         self.shares: list[SharedFolder] = []  # what this boot shares (settings may differ)
+        self._bind_check = apiguard.make_check(lambda: [sh.path for sh in self.shares],
+                                               self._watch_binds)
+        self._watcher: filewatch.Watcher | None = None
+        self._watch_lock = threading.Lock()
+        self.touches = 0  # paths the agent was asked to touch (change notifications)
 
     # -- state -----------------------------------------------------------------------
 
@@ -399,6 +403,10 @@ class Backend:
     def _shutdown(self) -> None:
         """Agent shutdown, then ACPI powerdown, quit, kill: each with a timeout."""
         self._close_forwarder()
+        with self._watch_lock:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
         d = self.driver
         if d is None or d.status() == "stopped":
             return
@@ -530,7 +538,38 @@ class Backend:
             log.warning("engine connection failed: %s", e)
             conn.close()
             return
-        relay.pipe(conn, up)
+        apiguard.guarded_pipe(conn, up, self._bind_check)
+
+    # -- change notifications ------------------------------------------------------------
+
+    def _watch_binds(self, sources: list[str]) -> None:
+        """Watch the shared folders containers bind-mount, for the guest's watchers (on a
+        thread of its own: walking a large tree must not delay the container's create)."""
+        threading.Thread(target=self._watch_now, args=(sources,), daemon=True,
+                         name="watch-binds").start()
+
+    def _watch_now(self, sources: list[str]) -> None:
+        with self._watch_lock:
+            if self._stop.is_set():
+                return
+            if self._watcher is None:
+                self._watcher = filewatch.make_watcher(self._send_changes)
+            for src in sources:
+                root = src if os.path.isdir(src) else os.path.dirname(src)
+                try:
+                    self._watcher.watch(root)
+                except (OSError, RuntimeError) as e:
+                    log.info("not watching %s: %s", root, e)
+
+    def _send_changes(self, changes: list[filewatch.Change]) -> None:
+        if self.channel is None or not self.channel.connected.is_set():
+            return
+        try:
+            done = self.channel.request("touch", changes=[[c.path, c.mode] for c in changes],
+                                        timeout=10)
+            self.touches += int(done or 0)
+        except (LinkError, AgentError) as e:
+            log.debug("change notification failed: %s", e)
 
     def _activate_context(self) -> None:
         inst = self.inst

@@ -418,15 +418,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reset(args: argparse.Namespace) -> int:
-    inst = _instance(args)
-    _confirm(f"Reset '{inst.name}' to factory defaults? This deletes its data disk (all "
-             "images, containers and volumes) and its settings.", args.force)
+def reset_instance(inst: Instance) -> None:
+    """Stop the instance and delete its folder (data disk, settings, logs); its docker
+    context goes too. Shared by `cove reset` and the tray's Troubleshoot window."""
     stop_backend(inst)
     context.remove(inst.context_name, inst.folder / "previous-context")
     if inst.exists():
         shutil.rmtree(inst.folder)
     inst.ensure_folder()
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    inst = _instance(args)
+    _confirm(f"Reset '{inst.name}' to factory defaults? This deletes its data disk (all "
+             "images, containers and volumes) and its settings.", args.force)
+    reset_instance(inst)
     print(f"Cove ({inst.name}) is reset to factory defaults; `cove start` starts it afresh")
     return 0
 
@@ -516,6 +522,12 @@ def cmd_backend(args: argparse.Namespace) -> int:
     return backend.main(args.instance)
 
 
+def cmd_desktop(args: argparse.Namespace) -> int:
+    from desktop.tray import app
+
+    return app.main(["--instance", args.instance] + (["--no-start"] if args.no_start else []))
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     from vm_image import cli as image_cli
 
@@ -590,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run instead of a shell")
     add("version", cmd_version, "print Cove's version")
     add("backend", cmd_backend, argparse.SUPPRESS)
+    dt = add("desktop", cmd_desktop, "start the Cove tray app (and Cove with it)")
+    dt.add_argument("--no-start", action="store_true",
+                    help="do not start the backend when it is not running")
     img = sub.add_parser("image", help="build or locate the guest image")
     from vm_image import cli as image_cli
 

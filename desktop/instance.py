@@ -76,7 +76,8 @@ def default_shares() -> list[Any]:
         return [str(Path.home()), "/Volumes", "/private", "/tmp", "/var/folders"]
     if sys.platform == "win32":
         return []  # Windows paths need a translation that Cove does not do yet
-    return [str(Path.home())]
+    home = Path.home()
+    return [str(home)] if home.is_dir() else []
 
 
 def _under(path: str, root: str) -> bool:
@@ -110,7 +111,8 @@ def parse_shares(entries: Any) -> list[tuple[str, str]]:
                                 f"{', '.join(SHARE_TRANSPORTS)}")
         if not path.startswith("/"):
             raise SettingsError(f"shares: {path!r} is not an absolute path; write it from /")
-        norm = posixpath.normpath(path)
+        # normpath keeps a leading "//"; Linux reads it as "/" ("//etc" is /etc).
+        norm = "/" + posixpath.normpath(path).lstrip("/")
         if norm != path:
             raise SettingsError(f"shares: write {path!r} as {norm!r}")
         if path == "/":

@@ -147,11 +147,12 @@ class Agent:
         for item in changes:
             try:
                 path, mode = str(item[0]), int(item[1])
-            except (TypeError, ValueError, IndexError):
+            except (TypeError, ValueError, LookupError):  # LookupError: a dict item
                 continue
             # Its real folder too: a symlinked folder must not lead the chmod out of a share.
             if os.path.normpath(path) != path or not _inside(path, roots) or \
-                    not _inside(os.path.realpath(os.path.dirname(path)), roots):
+                    not _inside(os.path.realpath(path if path in roots else
+                                                 os.path.dirname(path)), roots):
                 continue
             try:
                 os.chmod(path, mode & 0o7777, follow_symlinks=False)

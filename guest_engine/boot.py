@@ -347,6 +347,8 @@ SHARE_NOT_UNDER = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/mnt/data
 def share_path_allowed(path: str) -> bool:
     if not path.startswith("/") or os.path.normpath(path) != path or path in SHARE_NOT_ON:
         return False
+    if path.startswith("//"):  # normpath keeps it, Linux reads it as "/" ("//etc" is /etc)
+        return False
     return not any(path == p or path.startswith(p + "/") for p in SHARE_NOT_UNDER)
 
 

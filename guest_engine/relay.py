@@ -16,7 +16,15 @@ BUFSIZE = 256 * 1024
 SPLICE = hasattr(os, "splice")  # Linux: bytes move in the kernel, never through Python
 
 
-def _splice_loop(src: socket.socket, dst: socket.socket) -> None:
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _splice_loop(src: socket.socket, dst: socket.socket, lock: object) -> None:
     """Copy until EOF through a pipe with splice(2): no copy into user space, which
     matters most in the guest, where every copied byte costs emulated instructions."""
     r, w = os.pipe()
@@ -26,27 +34,35 @@ def _splice_loop(src: socket.socket, dst: socket.socket) -> None:
             n = os.splice(sfd, w, BUFSIZE)
             if n == 0:
                 return
-            while n:
-                n -= os.splice(r, dfd, n)
+            with lock:  # type: ignore[attr-defined]
+                while n:
+                    n -= os.splice(r, dfd, n)
     finally:
         os.close(r)
         os.close(w)
 
 
-def _copy(src: socket.socket, dst: socket.socket, initial: bytes = b"") -> None:
+def copy(src: socket.socket, dst: socket.socket, initial: bytes = b"",
+         lock: threading.Lock | None = None) -> None:
+    """Copy `src` to `dst` until EOF, then shut down `dst`'s write half; a reset on
+    either side shuts down both. `lock`, if given, is held around each write to `dst`
+    (for a writer that shares `dst` with another thread)."""
+    guard = lock if lock is not None else _NoLock()
     buf = bytearray(BUFSIZE)
     view = memoryview(buf)
     try:
         if initial:
-            dst.sendall(initial)
+            with guard:
+                dst.sendall(initial)
         if SPLICE and src.gettimeout() is None and dst.gettimeout() is None:
-            _splice_loop(src, dst)
+            _splice_loop(src, dst, guard)
         else:
             while True:
                 n = src.recv_into(buf)
                 if n == 0:
                     break
-                dst.sendall(view[:n])
+                with guard:
+                    dst.sendall(view[:n])
     except OSError:
         # A reset on either side ends both directions.
         for s in (src, dst):
@@ -55,10 +71,11 @@ def _copy(src: socket.socket, dst: socket.socket, initial: bytes = b"") -> None:
             except OSError:
                 pass
         return
-    try:
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
+    with guard:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
 
 def pipe(a: socket.socket, b: socket.socket, a_to_b_initial: bytes = b"") -> None:
@@ -67,10 +84,10 @@ def pipe(a: socket.socket, b: socket.socket, a_to_b_initial: bytes = b"") -> Non
     `a_to_b_initial` is sent to `b` first (bytes already read from `a`). Blocks the
     calling thread; the other direction runs on a helper thread.
     """
-    t = threading.Thread(target=_copy, args=(b, a), daemon=True, name="relay")
+    t = threading.Thread(target=copy, args=(b, a), daemon=True, name="relay")
     t.start()
     try:
-        _copy(a, b, a_to_b_initial)
+        copy(a, b, a_to_b_initial)
         t.join()
     finally:
         a.close()

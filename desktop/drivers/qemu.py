@@ -451,7 +451,8 @@ class QemuDriver:
                     err = (spec.folder / f"virtiofsd-{i}.log").read_text(
                         errors="replace").strip()
                     self._stop_helpers()
-                    raise DriverError(f"virtiofsd for {sh.path} did not start: "
+                    raise DriverError(f"virtiofsd for {sh.path} did not start (its log: "
+                                      f"{spec.folder / f'virtiofsd-{i}.log'}): "
                                       f"{err[-400:] or 'no socket in 10 s'}")
                 time.sleep(0.02)
 

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +37,7 @@ from fakes import (
 
 from desktop import backend
 from desktop.control import ControlClient, ControlError
+from desktop.drivers import DriverError, SharedFolder
 from desktop.instance import Instance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -760,3 +762,104 @@ def test_a_jump_of_the_hosts_clock_reaches_the_guest_at_once(
     assert back, "the jump back was not pushed"
     with pytest.raises(ControlError, match="within ten years"):
         c.request("clock_offset", seconds=1e12)
+
+
+# -- shares ------------------------------------------------------------------------------
+
+
+def _save_shares(home: Path, shares: list[Any]) -> None:
+    inst = Instance("t", home=home)
+    inst.save_settings(replace(inst.load_settings(), shares=shares))
+
+
+def test_shares_reach_the_driver_the_boot_config_and_status(
+        make_cove: Callable[..., Cove], home: Path) -> None:
+    a, b, c9 = str(home / "src"), str(home / "data"), str(home / "more")
+    _save_shares(home, [a, {"path": b, "transport": "virtiofs"},
+                        {"path": c9, "transport": "9p"}])
+    c = make_cove().running()
+    # The fake driver resolves "auto" to 9p; the rest as asked, tagged in order.
+    expected = [SharedFolder(a, "cove0", "9p"), SharedFolder(b, "cove1", "virtiofs"),
+                SharedFolder(c9, "cove2", "9p")]
+    assert c.backend.shares == expected
+    assert c.driver.started[0].shares == expected
+    boot_config = json.loads(c.inst.boot_config.read_text())
+    assert boot_config["shares"] == [
+        {"path": a, "tag": "cove0", "transport": "9p"},
+        {"path": b, "tag": "cove1", "transport": "virtiofs"},
+        {"path": c9, "tag": "cove2", "transport": "9p"}]
+    st = c.request("status")
+    assert st["shares"] == [{"path": a, "transport": "9p"},
+                            {"path": b, "transport": "virtiofs"},
+                            {"path": c9, "transport": "9p"}]
+    assert st["shares_pending"] is False
+
+
+def test_no_shares(make_cove: Callable[..., Cove], home: Path) -> None:
+    _save_shares(home, [])
+    c = make_cove().running()
+    assert json.loads(c.inst.boot_config.read_text())["shares"] == []
+    assert c.driver.started[0].shares == []
+    st = c.request("status")
+    assert st["shares"] == [] and st["shares_pending"] is False
+
+
+def test_shares_pending_after_the_settings_change(make_cove: Callable[..., Cove],
+                                                  home: Path) -> None:
+    a, b = str(home / "src"), str(home / "data")
+    _save_shares(home, [a, {"path": b, "transport": "virtiofs"}])
+    c = make_cove()
+    assert c.backend.shares_pending() is False  # nothing booted yet
+    c.running()
+
+    def pending(shares: list[Any]) -> bool:
+        _save_shares(home, shares)
+        via_status = c.request("status")["shares_pending"]
+        assert via_status == c.backend.shares_pending()
+        return bool(via_status)
+
+    assert pending([a, {"path": b, "transport": "virtiofs"}]) is False
+    # "auto" accepts whatever the boot chose; an explicit other transport does not.
+    assert pending([a, b]) is False
+    assert pending([{"path": a, "transport": "9p"}, b]) is False
+    assert pending([a, {"path": b, "transport": "9p"}]) is True
+    assert pending([{"path": a, "transport": "virtiofs"}, b]) is True
+    # Folders added, removed or reordered.
+    assert pending([a, b, str(home / "new")]) is True
+    assert pending([a]) is True
+    assert pending([]) is True
+    assert pending([b, a]) is True
+    assert pending([a, b]) is False
+    # What this boot shares stays what it was booted with.
+    assert [sh["path"] for sh in c.request("status")["shares"]] == [a, b]
+
+
+def test_shares_pending_false_while_the_settings_file_is_invalid(
+        make_cove: Callable[..., Cove], home: Path) -> None:
+    _save_shares(home, [str(home / "src")])
+    c = make_cove().running()
+    c.inst.settings_file.write_text('{"shares": ["relative"]}')
+    assert c.backend.shares_pending() is False
+    c.inst.settings_file.write_text("{not json")
+    assert c.request("status")["shares_pending"] is False
+
+
+def test_shares_the_driver_refuses_stop_the_start(make_cove: Callable[..., Cove],
+                                                  home: Path) -> None:
+    _save_shares(home, [{"path": str(home / "src"), "transport": "virtiofs"}])
+    c = make_cove()
+    asked: list[list[tuple[str, str]]] = []
+
+    def refuse(shares: list[tuple[str, str]]) -> tuple[list[SharedFolder], list[str]]:
+        asked.append(shares)
+        raise DriverError(f"cannot share {home / 'src'} over virtiofs: QEMU has no virtiofs "
+                          "on this host; set its transport to 9p or auto")
+
+    c.driver.resolve_shares = refuse
+    c.start()
+    assert c.join() == 1
+    assert asked == [[(str(home / "src"), "virtiofs")]]
+    err = c.wait_event("error")
+    assert err["reason"].startswith(f"cannot share {home / 'src'} over virtiofs")
+    assert c.driver.created == [] and c.driver.started == []
+    assert c.kinds()[-1] == "stopped"

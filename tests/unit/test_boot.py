@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +90,246 @@ def test_short_device(disk: FakeDisk) -> None:
     assert boot.ext4_state("vdb") == (False, False)
     disk.data = b""
     assert boot.ext4_state("vdb") == (False, False)
+
+
+# -- shared folders ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/home/me", "/Users/me", "/root", "/tmp", "/private", "/Volumes", "/var/folders",
+    "/mnt/other", "/var/lib/other", "/srv/a,b", "/run2", "/etcetera", "/lib32",
+    "/home/me/with space",
+])
+def test_share_path_allowed(path: str) -> None:
+    assert boot.share_path_allowed(path)
+
+
+@pytest.mark.parametrize("path", [
+    "", "home/me", "./x", "/home/me/", "/home/./me", "/home//me", "/home/me/../you",
+    "/", "/mnt", "/var", "/var/lib",
+    "/etc", "/etc/docker", "/proc", "/sys/fs/cgroup", "/dev/shm", "/run", "/run/cove",
+    "/usr/local/src", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var/run",
+    "/mnt/data", "/mnt/data/docker", "/var/lib/docker", "/var/lib/docker/volumes",
+    "/var/lib/containerd",
+    # A leading "//" is "/" to Linux: not a way past the checks.
+    "//", "//etc", "//var/lib/docker", "//home/me",
+])
+def test_share_path_refused(path: str) -> None:
+    assert not boot.share_path_allowed(path)
+
+
+def test_guest_and_host_agree_on_the_vms_folders() -> None:
+    from desktop import instance
+
+    assert set(boot.SHARE_NOT_UNDER) == set(instance.VM_RESERVED)
+    for path in ("/home/me", "/tmp", "/mnt", "/mnt/x", "/var", "/var/lib", "/var/lib/x",
+                 "/etc", "/etc/x", "/run2", "/usr", "/", "//etc", "/a/../b", "/mnt/data/x"):
+        try:
+            instance.parse_shares([path])
+            host_ok = True
+        except instance.SettingsError:
+            host_ok = False
+        assert boot.share_path_allowed(path) == host_ok, path
+
+
+class FakeRun:
+    """Records `boot.run` calls; mounts of the paths in `fail` exit 32."""
+
+    def __init__(self, fail: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[list[str], bool]] = []
+        self.fail = fail
+
+    def __call__(self, cmd: list[str], check: bool = True,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        self.calls.append((list(cmd), check))
+        if cmd[0] == "mount" and cmd[-1] in self.fail:
+            raise RuntimeError(f"{' '.join(cmd)} exited 32: mount: bad tag {cmd[-2]}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    def commands(self, name: str) -> list[list[str]]:
+        return [c for c, _ in self.calls if c[0] == name]
+
+
+@pytest.fixture
+def fake_run(monkeypatch: pytest.MonkeyPatch) -> FakeRun:
+    r = FakeRun()
+    monkeypatch.setattr(boot, "run", r)
+    return r
+
+
+def _share(path: Path | str, i: int, transport: str) -> dict[str, str]:
+    return {"path": str(path), "tag": f"cove{i}", "transport": transport}
+
+
+def test_mount_shares_both_transports(tmp_path: Path, fake_run: FakeRun) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c" / "deep"
+    a.mkdir()
+    b.mkdir()
+    shares = [_share(a, 0, "9p"), _share(b, 1, "virtiofs"), _share(c, 2, "9p")]
+    out = boot.mount_shares(shares)
+    assert out == [{**s, "error": ""} for s in shares]
+    # Each module once, and a module that fails to load does not stop the boot.
+    assert fake_run.commands("modprobe") == [["modprobe", "9pnet_virtio"], ["modprobe", "9p"],
+                                             ["modprobe", "virtiofs"]]
+    assert all(not check for cmd, check in fake_run.calls if cmd[0] == "modprobe")
+    assert fake_run.commands("mount") == [
+        ["mount", "-t", "9p", "-o", boot.NINEP_OPTIONS, "cove0", str(a)],
+        ["mount", "-t", "virtiofs", "cove1", str(b)],
+        ["mount", "-t", "9p", "-o", boot.NINEP_OPTIONS, "cove2", str(c)],
+    ]
+    assert c.is_dir()  # the mount point is made at the host's path
+    # Modules are loaded before the first mount that needs them.
+    cmds = [cmd for cmd, _ in fake_run.calls]
+    assert cmds.index(["modprobe", "virtiofs"]) < cmds.index(fake_run.commands("mount")[1])
+
+
+def test_ninep_options() -> None:
+    opts = dict(o.partition("=")[::2] for o in boot.NINEP_OPTIONS.split(","))
+    assert opts["trans"] == "virtio" and opts["version"] == "9p2000.L"
+    assert int(opts["msize"]) >= 262144
+
+
+def test_mount_shares_only_virtiofs_loads_no_9p(tmp_path: Path, fake_run: FakeRun) -> None:
+    boot.mount_shares([_share(tmp_path, 0, "virtiofs")])
+    assert fake_run.commands("modprobe") == [["modprobe", "virtiofs"]]
+
+
+def test_mount_shares_refused_paths_are_reported_not_mounted(tmp_path: Path,
+                                                             fake_run: FakeRun) -> None:
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    unnormal = f"{tmp_path}/made/../x"
+    shares = [_share("/etc", 0, "9p"), _share(unnormal, 1, "virtiofs"),
+              _share("relative", 2, "9p"), {"tag": "cove3"}, _share(f"/{tmp_path}/dbl", 4, "9p"),
+              _share(ok, 5, "9p")]
+    out = boot.mount_shares(shares)
+    refused = "refused: not a folder Cove mounts shares on"
+    assert [e["error"] for e in out] == [refused] * 5 + [""]
+    assert out[3] == {"path": "", "tag": "cove3", "transport": "", "error": refused}
+    assert fake_run.commands("mount") == [
+        ["mount", "-t", "9p", "-o", boot.NINEP_OPTIONS, "cove5", str(ok)]]
+    assert ["modprobe", "virtiofs"] not in fake_run.commands("modprobe")
+    # Nothing made for them (each is a harmless place under tmp_path, were it made).
+    assert not (tmp_path / "made").exists() and not (tmp_path / "x").exists()
+    assert not (tmp_path / "dbl").exists()
+
+
+def test_mount_shares_failures_recorded_and_the_rest_mounted(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             ) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for p in (a, c):
+        p.mkdir()
+    b.write_text("a file where the mount point should be")
+    run = FakeRun(fail=(str(a),))
+    monkeypatch.setattr(boot, "run", run)
+    out = boot.mount_shares([_share(a, 0, "virtiofs"), _share(b, 1, "9p"),
+                             _share(c, 2, "9p")])
+    assert out[0]["error"] == (f"mount -t virtiofs cove0 {a} exited 32: mount: bad tag cove0")
+    assert "File exists" in out[1]["error"] or "Not a directory" in out[1]["error"]
+    assert out[2]["error"] == ""
+    mounted = [cmd[-1] for cmd in run.commands("mount")]
+    assert mounted == [str(a), str(c)]  # b: no mount point, no mount attempt
+
+
+def test_mount_shares_nothing(fake_run: FakeRun) -> None:
+    assert boot.mount_shares([]) == []
+    assert fake_run.calls == []
+
+
+def test_early_mounts_the_configs_shares_and_reports_errors(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            fake_run: FakeRun) -> None:
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    config = {"token": "t", "shares": [_share(ok, 0, "9p"), _share("/etc", 1, "9p")]}
+    order: list[str] = []
+    monkeypatch.setattr(boot, "load_modules", lambda: order.append("modules"))
+    monkeypatch.setattr(boot, "read_boot_config", lambda: config)
+    monkeypatch.setattr(boot, "set_sysctls", lambda: None)
+
+    def relocate() -> None:
+        order.append("home")
+        raise PermissionError("[Errno 13] Permission denied: '/etc/passwd'")
+
+    def data_disk() -> tuple[str, dict]:
+        order.append("disk")
+        return "vdb", {"device": "vdb"}
+
+    monkeypatch.setattr(boot, "relocate_root_home", relocate)
+    monkeypatch.setattr(boot, "setup_data_disk", data_disk)
+    info = boot.BootInfo()
+    boot.early(info)
+    assert order == ["modules", "home", "disk"]
+    assert [s["path"] for s in info.shares] == [str(ok), "/etc"]
+    assert info.shares[0]["error"] == ""
+    assert info.errors == [
+        "root home: [Errno 13] Permission denied: '/etc/passwd'",
+        "share /etc: refused: not a folder Cove mounts shares on",
+    ]
+    assert info.data_device == "vdb"
+
+
+def test_early_without_shares_in_the_config(monkeypatch: pytest.MonkeyPatch,
+                                            fake_run: FakeRun) -> None:
+    monkeypatch.setattr(boot, "load_modules", lambda: None)
+    monkeypatch.setattr(boot, "read_boot_config", lambda: {"token": "t", "shares": None})
+    monkeypatch.setattr(boot, "set_sysctls", lambda: None)
+    monkeypatch.setattr(boot, "relocate_root_home", lambda: None)
+    monkeypatch.setattr(boot, "setup_data_disk", lambda: ("vdb", {}))
+    info = boot.BootInfo()
+    boot.early(info)
+    assert info.shares == [] and info.errors == []
+    assert fake_run.calls == []
+
+
+PASSWD = """root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+rooty:x:1000:1000:not root:/root:/bin/sh
+root:broken
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin"""
+
+
+@pytest.fixture
+def passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """/etc/passwd and /run/cove/root, both under tmp_path."""
+    f = tmp_path / "etc" / "passwd"
+    f.parent.mkdir()
+    f.write_text(PASSWD + "\n")
+    real_path = boot.Path
+
+    def path(*parts: str) -> Path:
+        return f if parts == ("/etc/passwd",) else real_path(*parts)
+
+    monkeypatch.setattr(boot, "Path", path)
+    monkeypatch.setattr(boot, "VM_ROOT_HOME", tmp_path / "run" / "cove" / "root")
+    monkeypatch.setenv("HOME", "/root")
+    return f
+
+
+def test_relocate_root_home(passwd: Path, tmp_path: Path) -> None:
+    home = tmp_path / "run" / "cove" / "root"
+    boot.relocate_root_home()
+    lines = passwd.read_text().split("\n")
+    assert lines[0] == f"root:x:0:0:root:{home}:/bin/sh"
+    # Only root's entry changes (not a user whose home is /root, nor a broken line).
+    assert lines[1:] == PASSWD.split("\n")[1:] + [""]
+    assert home.is_dir() and stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert os.environ["HOME"] == str(home)
+    # Again (the agent restarting): the same file.
+    before = passwd.read_text()
+    boot.relocate_root_home()
+    assert passwd.read_text() == before
+
+
+def test_relocate_root_home_without_a_root_entry(passwd: Path) -> None:
+    passwd.write_text("daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    boot.relocate_root_home()
+    assert passwd.read_text() == "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+
+
+def test_relocate_root_home_missing_passwd_raises_oserror(passwd: Path) -> None:
+    # early() records an OSError as a boot error and goes on.
+    passwd.unlink()
+    with pytest.raises(OSError):
+        boot.relocate_root_home()

@@ -196,3 +196,176 @@ def test_image_unsupported_arch(capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "riscv64" in err and "amd64" in err and "arm64" in err
+
+
+# -- shares ------------------------------------------------------------------------------
+
+
+def _saved_shares(home: Path) -> list:
+    return json.loads(_settings_file(home).read_text())["shares"]
+
+
+@pytest.fixture
+def user_home(tmp_path: Path) -> Path:
+    """The user's home (the default share), as a real folder."""
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+def test_shares_list_defaults(cove_home: Path, user_home: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["shares"]) == 0
+    out = capsys.readouterr().out
+    assert out.split() == [str(user_home), "auto"]
+    assert cli.main(["shares", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"path": str(user_home), "transport": "auto", "mounted": False}]
+    assert not _settings_file(cove_home).exists()  # listing writes nothing
+
+
+def test_shares_add(cove_home: Path, user_home: Path, tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    assert cli.main(["shares", "add", str(proj)]) == 0
+    assert capsys.readouterr().out.strip() == f"{proj} is shared from the next start"
+    assert _saved_shares(cove_home) == [str(user_home), str(proj)]
+    data = tmp_path / "data"
+    data.mkdir()
+    assert cli.main(["shares", "add", str(data), "--transport", "9p", "--restart"]) == 0
+    capsys.readouterr()
+    assert _saved_shares(cove_home) == [str(user_home), str(proj),
+                                        {"path": str(data), "transport": "9p"}]
+    assert cli.main(["shares", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"path": str(user_home), "transport": "auto", "mounted": False},
+        {"path": str(proj), "transport": "auto", "mounted": False},
+        {"path": str(data), "transport": "9p", "mounted": False}]
+    assert cli.main(["shares", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split() for ln in lines] == [[str(user_home), "auto"], [str(proj), "auto"],
+                                            [str(data), "9p"]]
+
+
+def test_shares_add_normalizes_the_path(cove_home: Path, user_home: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "proj" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "proj")
+    assert cli.main(["shares", "add", "sub/"]) == 0
+    assert cli.main(["shares", "add", "~/../proj/./sub"]) == 0  # the same folder
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{tmp_path}/proj/sub is shared from the next start",
+                   f"{tmp_path}/proj/sub is already shared"]
+    assert _saved_shares(cove_home) == [str(user_home), f"{tmp_path}/proj/sub"]
+
+
+def test_shares_add_already_shared_changes_nothing(cove_home: Path, user_home: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    inst = instance.Instance("default")
+    inst.save_settings(instance.Settings(shares=[{"path": str(user_home),
+                                                  "transport": "9p"}]))
+    before = inst.settings_file.read_bytes()
+    mtime = inst.settings_file.stat().st_mtime_ns
+    assert cli.main(["shares", "add", str(user_home), "--transport", "virtiofs"]) == 0
+    assert capsys.readouterr().out.strip() == f"{user_home} is already shared"
+    assert inst.settings_file.read_bytes() == before
+    assert inst.settings_file.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("what", ["missing", "file"])
+def test_shares_add_refuses_what_is_not_a_folder(cove_home: Path, user_home: Path,
+                                                 tmp_path: Path, what: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "target"
+    if what == "file":
+        target.write_text("x")
+    assert cli.main(["shares", "add", str(target)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == f"cove: error: {target} is not a folder on this computer"
+    assert not _settings_file(cove_home).exists()
+
+
+def test_shares_add_nested_refused_both_ways(cove_home: Path, user_home: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = user_home / "code"
+    code.mkdir()
+    # Inside the home folder, which is shared by default.
+    assert cli.main(["shares", "add", str(code)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"cove: error: shares: {code} is inside {user_home}, which is shared "
+                    "too; keep only one of them")
+    assert not _settings_file(cove_home).exists()
+    # The other way: a folder holding one that is shared.
+    inst = instance.Instance("default")
+    inst.save_settings(instance.Settings(shares=[str(code)]))
+    before = inst.settings_file.read_bytes()
+    assert cli.main(["shares", "add", str(user_home)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{code} is inside {user_home}" in line
+    assert inst.settings_file.read_bytes() == before
+
+
+def test_shares_add_a_vm_folder_refused(cove_home: Path, user_home: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["shares", "add", "/etc"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "/etc overlaps the VM's own /etc" in line
+    assert not _settings_file(cove_home).exists()
+
+
+def test_shares_remove(cove_home: Path, user_home: Path, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    inst = instance.Instance("default")
+    inst.save_settings(instance.Settings(shares=[str(user_home),
+                                                 {"path": str(data), "transport": "9p"}]))
+    # A shared folder that is gone from the computer can still be removed.
+    assert cli.main(["shares", "remove", str(data)]) == 0
+    assert capsys.readouterr().out.strip() == f"{data} is no longer shared from the next start"
+    assert _saved_shares(cove_home) == [str(user_home)]
+    assert cli.main(["shares", "remove", str(user_home) + "/"]) == 0
+    capsys.readouterr()
+    assert _saved_shares(cove_home) == []
+    assert cli.main(["shares"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "No folder is shared with the VM (add one: cove shares add PATH)")
+    assert cli.main(["shares", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_shares_remove_not_shared(cove_home: Path, user_home: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["shares", "remove", str(tmp_path)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"cove: error: {tmp_path} is not shared; shared folders: {user_home}")
+    instance.Instance("default").save_settings(instance.Settings(shares=[]))
+    assert cli.main(["shares", "remove", str(tmp_path)]) == 1
+    assert _one_error_line(capsys.readouterr().err).endswith("shared folders: none")
+
+
+@pytest.mark.parametrize("action", ["add", "remove"])
+def test_shares_needs_a_path(cove_home: Path, action: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["shares", action]) == 1
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"cove: error: cove shares {action} needs a folder path")
+
+
+def test_shares_restart_flags_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["shares", "add", "/srv", "--restart", "--no-restart"])
+    assert e.value.code == 2
+    capsys.readouterr()
+
+
+def test_shares_with_invalid_settings_file(cove_home: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    f = _settings_file(cove_home)
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({"shares": ["relative/path"]}))
+    assert cli.main(["shares"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "'relative/path' is not an absolute path" in line
+    assert json.loads(f.read_text()) == {"shares": ["relative/path"]}

@@ -331,3 +331,203 @@ def test_pidfile_remove_if_ours(tmp_path: Path) -> None:
     pidfile.remove_if_ours(theirs)
     assert theirs.exists()
     pidfile.remove_if_ours(tmp_path / "missing.pid")
+
+
+# -- shares ------------------------------------------------------------------------------
+
+
+def test_parse_shares_accepted_forms() -> None:
+    assert instance.parse_shares([]) == []
+    assert instance.parse_shares([
+        "/home/me",
+        {"path": "/srv/data"},
+        {"path": "/opt/src", "transport": "9p"},
+        {"path": "/Volumes", "transport": "virtiofs"},
+        {"path": "/data", "transport": "auto"},
+    ]) == [("/home/me", "auto"), ("/srv/data", "auto"), ("/opt/src", "9p"),
+           ("/Volumes", "virtiofs"), ("/data", "auto")]
+
+
+@pytest.mark.parametrize("path", [
+    "/home/me", "/root", "/tmp", "/private", "/var/folders", "/mnt/other", "/var/lib/other",
+    "/run2", "/etcetera", "/lib32", "/usr2/x", "/home/me/a,b", "/home/me/with space",
+])
+def test_parse_shares_accepts_folders_beside_the_vms_own(path: str) -> None:
+    # Names that only start like a reserved folder ("/run2", "/etcetera") are not in it.
+    assert instance.parse_shares([path]) == [(path, "auto")]
+
+
+def test_parse_shares_siblings_with_a_common_prefix_do_not_nest() -> None:
+    assert instance.parse_shares(["/home/me", "/home/meadow"]) == [
+        ("/home/me", "auto"), ("/home/meadow", "auto")]
+    assert instance.parse_shares(["/home/meadow", "/home/me"]) == [
+        ("/home/meadow", "auto"), ("/home/me", "auto")]
+
+
+def test_parse_shares_at_most_max_shares() -> None:
+    ok = [f"/srv/s{i}" for i in range(instance.MAX_SHARES)]
+    assert len(instance.parse_shares(ok)) == instance.MAX_SHARES
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares([*ok, "/srv/one-more"])
+    assert str(e.value) == (f"shares: {instance.MAX_SHARES + 1} folders; "
+                            f"at most {instance.MAX_SHARES}")
+
+
+@pytest.mark.parametrize("entries", ["/home/me", {"path": "/home/me"}, None, 3])
+def test_parse_shares_not_a_list(entries: object) -> None:
+    with pytest.raises(SettingsError, match=r"^shares: must be a list of folder paths$"):
+        instance.parse_shares(entries)
+
+
+@pytest.mark.parametrize("entry", [
+    3, None, ["/home/me"], {"transport": "9p"}, {"path": 5},
+    {"path": "/home/me", "transport": "9p", "readonly": True}, {},
+])
+def test_parse_shares_bad_entry_shape(entry: object) -> None:
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares(["/srv/ok", entry])
+    msg = str(e.value)
+    assert msg.startswith(f"shares: {entry!r} is not a folder path")
+    assert '{"path": ..., "transport": ...}' in msg  # shows the form it takes
+
+
+@pytest.mark.parametrize("transport", ["nfs", "", "VIRTIOFS", None, 9])
+def test_parse_shares_bad_transport(transport: object) -> None:
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares([{"path": "/srv/x", "transport": transport}])
+    assert str(e.value) == (f"shares: /srv/x: transport {transport!r} is not one of "
+                            "auto, virtiofs, 9p")
+
+
+@pytest.mark.parametrize("path", ["home/me", "~/code", "", ".", "./src"])
+def test_parse_shares_relative_path(path: str) -> None:
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares([path])
+    assert str(e.value) == f"shares: {path!r} is not an absolute path; write it from /"
+
+
+@pytest.mark.parametrize(("path", "norm"), [
+    ("/home/me/", "/home/me"),
+    ("/home/./me", "/home/me"),
+    ("/home//me", "/home/me"),
+    ("/home/me/../you", "/home/you"),
+    ("/home/me/.", "/home/me"),
+    # POSIX normpath keeps a leading "//", but Linux (the VM) reads it as "/": "//etc"
+    # is /etc and must not slip past the reserved-folder check.
+    ("//home/me", "/home/me"),
+    ("//etc", "/etc"),
+    ("//var/lib/docker", "/var/lib/docker"),
+])
+def test_parse_shares_unnormalized_path_names_the_fix(path: str, norm: str) -> None:
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares([path])
+    assert str(e.value) == f"shares: write {path!r} as {norm!r}"
+
+
+def test_parse_shares_double_slash_is_not_a_second_copy() -> None:
+    with pytest.raises(SettingsError, match="write '//home/me' as '/home/me'"):
+        instance.parse_shares(["/home/me", "//home/me"])
+
+
+def test_parse_shares_root_refused() -> None:
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares(["/"])
+    msg = str(e.value)
+    assert msg.startswith("shares: / would share the whole computer")
+    assert "your home" in msg  # what to share instead
+
+
+@pytest.mark.parametrize("reserved", instance.VM_RESERVED)
+def test_parse_shares_vm_folders_and_below_refused(reserved: str) -> None:
+    for path in (reserved, reserved + "/sub", reserved + "/a/b"):
+        with pytest.raises(SettingsError) as e:
+            instance.parse_shares([path])
+        assert str(e.value) == (f"shares: {path} overlaps the VM's own {reserved}; share a "
+                                "folder outside it (e.g. under your home)")
+
+
+@pytest.mark.parametrize(("path", "reserved"), [
+    ("/var", "/var/lib/containerd"),  # the first reserved folder under it
+    ("/var/lib", "/var/lib/containerd"),
+    ("/mnt", "/mnt/data"),
+])
+def test_parse_shares_folders_holding_vm_folders_refused(path: str, reserved: str) -> None:
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares([path])
+    assert str(e.value).startswith(f"shares: {path} overlaps the VM's own {reserved}; ")
+
+
+@pytest.mark.parametrize("entries", [
+    ["/home/me", "/home/me/code"],
+    ["/home/me/code", "/home/me"],
+    ["/srv/x", "/home/me", {"path": "/home/me/code", "transport": "9p"}],
+    [{"path": "/home/me/code", "transport": "9p"}, "/srv/x", "/home/me"],
+])
+def test_parse_shares_nesting_refused_both_ways(entries: list) -> None:
+    with pytest.raises(SettingsError) as e:
+        instance.parse_shares(entries)
+    assert str(e.value) == ("shares: /home/me/code is inside /home/me, which is shared too; "
+                            "keep only one of them")
+
+
+def test_parse_shares_duplicate_refused() -> None:
+    with pytest.raises(SettingsError, match="keep only one of them"):
+        instance.parse_shares(["/home/me", {"path": "/home/me", "transport": "9p"}])
+
+
+def test_settings_validate_checks_shares() -> None:
+    with pytest.raises(SettingsError, match=r"^shares: /etc overlaps"):
+        Settings(shares=["/etc"]).validate()
+    with pytest.raises(SettingsError, match=r"^shares: /a/b is inside /a"):
+        Settings.from_json({"shares": ["/a", "/a/b"]})
+    Settings(shares=[]).validate()
+    Settings(shares=["/a", {"path": "/b", "transport": "9p"}]).validate()
+
+
+def test_save_settings_refuses_bad_shares(tmp_path: Path) -> None:
+    inst = Instance("default", home=tmp_path / "cove")
+    with pytest.raises(SettingsError, match="^shares: "):
+        inst.save_settings(Settings(shares=["relative"]))
+    assert not inst.settings_file.exists()
+
+
+def test_shares_round_trip_through_the_settings_file(tmp_path: Path) -> None:
+    inst = Instance("default", home=tmp_path / "cove")
+    shares = ["/home/me", {"path": "/srv/x", "transport": "9p"}]
+    inst.save_settings(Settings(shares=shares))
+    assert json.loads(inst.settings_file.read_text())["shares"] == shares
+    assert inst.load_settings().shares == shares
+
+
+@pytest.mark.parametrize(("platform", "expected"), [
+    ("linux", ["{home}"]),
+    ("darwin", ["{home}", "/Volumes", "/private", "/tmp", "/var/folders"]),
+    ("win32", []),
+    ("freebsd14", ["{home}"]),
+])
+def test_default_shares_per_platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                     platform: str, expected: list[str]) -> None:
+    # macOS's default shares include /tmp: its home must lie elsewhere (it need not exist).
+    home = "/Users/me" if platform == "darwin" else str(tmp_path / "me")
+    if platform != "darwin":
+        Path(home).mkdir()
+    monkeypatch.setenv("HOME", home)
+    monkeypatch.setattr(sys, "platform", platform)
+    want = [p.replace("{home}", home) for p in expected]
+    assert instance.default_shares() == want
+    assert Settings().shares == want
+    # The defaults are valid shares (none nests in another or covers the VM's folders).
+    assert [p for p, _ in instance.parse_shares(instance.default_shares())] == want
+
+
+def test_a_home_folder_that_does_not_exist_is_not_shared_by_default(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "nonexistent"))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert instance.default_shares() == []
+
+
+def test_default_shares_fresh_list_each_time() -> None:
+    a, b = Settings(), Settings()
+    a.shares.append("/srv/x")
+    assert "/srv/x" not in b.shares

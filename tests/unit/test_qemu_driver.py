@@ -8,11 +8,12 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from desktop.drivers import DiskError, DriverError, VMSpec, qemu
+from desktop.drivers import DiskError, DriverError, SharedFolder, VMSpec, qemu
 from desktop.drivers.qemu import Endpoint
 
 QEMU_IMG = shutil.which("qemu-img")
@@ -442,3 +443,480 @@ def test_registry_picks_qemu_with_the_options(tmp_path: Path,
         drivers.pick(arch="arm64")
     with pytest.raises(drivers.DriverError, match="unknown driver 'hyperv-nope'"):
         drivers.pick("hyperv-nope")
+
+
+# -- shared folders ----------------------------------------------------------------------
+
+RUST_VFS = qemu.Virtiofsd("/usr/libexec/virtiofsd", "rust")
+C_VFS = qemu.Virtiofsd("/usr/lib/qemu/virtiofsd", "c")
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> list[str]:
+    out = []
+    for name in ("code", "data", "more"):
+        (tmp_path / name).mkdir()
+        out.append(str(tmp_path / name))
+    return out
+
+
+def _sf(path: str, i: int, transport: str) -> SharedFolder:
+    return SharedFolder(path, f"cove{i}", transport)
+
+
+@pytest.mark.parametrize(("vfs", "is_root"), [(RUST_VFS, False), (RUST_VFS, True),
+                                               (C_VFS, True)])
+def test_resolve_shares_auto_takes_virtiofs_where_usable(folders: list[str],
+                                                         vfs: qemu.Virtiofsd,
+                                                         is_root: bool) -> None:
+    shares, notes = qemu.resolve_shares([(folders[0], "auto"), (folders[1], "9p"),
+                                         (folders[2], "virtiofs")], "linux", vfs, is_root)
+    assert shares == [_sf(folders[0], 0, "virtiofs"), _sf(folders[1], 1, "9p"),
+                      _sf(folders[2], 2, "virtiofs")]
+    assert notes == []
+
+
+def test_resolve_shares_c_virtiofsd_unprivileged_falls_back_to_9p(folders: list[str]) -> None:
+    shares, notes = qemu.resolve_shares([(folders[0], "auto"), (folders[1], "auto")],
+                                        "linux", C_VFS, False)
+    assert shares == [_sf(folders[0], 0, "9p"), _sf(folders[1], 1, "9p")]
+    assert len(notes) == 1  # said once, not per folder
+    assert notes[0].startswith("shares use 9p: /usr/lib/qemu/virtiofsd (QEMU's C virtiofsd) "
+                               "needs root")
+    assert "install the virtiofsd package" in notes[0]
+
+
+def test_resolve_shares_c_virtiofsd_unprivileged_refuses_explicit_virtiofs(
+        folders: list[str]) -> None:
+    with pytest.raises(DriverError) as e:
+        qemu.resolve_shares([(folders[0], "virtiofs")], "linux", C_VFS, False)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot share {folders[0]} over virtiofs: ")
+    assert "needs root" in msg
+    assert msg.endswith("set its transport to 9p or auto")
+
+
+def test_resolve_shares_without_virtiofsd(folders: list[str]) -> None:
+    shares, notes = qemu.resolve_shares([(folders[0], "auto")], "linux", None, True)
+    assert shares == [_sf(folders[0], 0, "9p")]
+    assert notes == ["shares use 9p: virtiofsd is not installed (Debian: apt-get install "
+                     "virtiofsd, or qemu-system-common on Debian 12)"]
+    with pytest.raises(DriverError, match="over virtiofs: virtiofsd is not installed"):
+        qemu.resolve_shares([(folders[0], "virtiofs")], "linux", None, True)
+
+
+def test_resolve_shares_macos_uses_9p(folders: list[str]) -> None:
+    # A virtiofsd on the PATH does not matter: QEMU on macOS has no vhost-user.
+    shares, notes = qemu.resolve_shares([(folders[0], "auto"), (folders[1], "9p")],
+                                        "darwin", RUST_VFS, False)
+    assert shares == [_sf(folders[0], 0, "9p"), _sf(folders[1], 1, "9p")]
+    assert notes == ["shares use 9p: QEMU has no virtiofs on this host"]
+    with pytest.raises(DriverError) as e:
+        qemu.resolve_shares([(folders[0], "virtiofs")], "darwin", RUST_VFS, True)
+    assert str(e.value) == (f"cannot share {folders[0]} over virtiofs: QEMU has no virtiofs "
+                            "on this host; set its transport to 9p or auto")
+
+
+def test_resolve_shares_explicit_9p_needs_no_note(folders: list[str]) -> None:
+    assert qemu.resolve_shares([(folders[0], "9p")], "linux", None, False) == (
+        [_sf(folders[0], 0, "9p")], [])
+
+
+@pytest.mark.parametrize("transport", ["auto", "9p", "virtiofs"])
+def test_resolve_shares_windows_shares_nothing(folders: list[str], transport: str) -> None:
+    assert qemu.resolve_shares([], "windows", None, False) == ([], [])
+    with pytest.raises(DriverError) as e:
+        qemu.resolve_shares([(folders[0], transport)], "windows", None, False)
+    assert str(e.value) == (f"cannot share {folders[0]}: QEMU on Windows has no folder "
+                            "sharing; remove it from the shares setting")
+
+
+@pytest.mark.parametrize("what", ["missing", "file"])
+def test_resolve_shares_refuses_what_is_not_a_folder(tmp_path: Path, folders: list[str],
+                                                     what: str) -> None:
+    bad = tmp_path / "gone"
+    if what == "file":
+        bad.write_text("x")
+    with pytest.raises(DriverError) as e:
+        qemu.resolve_shares([(folders[0], "auto"), (str(bad), "auto")], "linux", RUST_VFS,
+                            False)
+    assert str(e.value) == (f"cannot share {bad}: it is not a folder on this computer; "
+                            "create it or remove it from the shares setting")
+
+
+def test_virtiofsd_usable() -> None:
+    assert RUST_VFS.usable(False) == (True, "")
+    assert RUST_VFS.usable(True) == (True, "")
+    assert C_VFS.usable(True) == (True, "")
+    ok, why = C_VFS.usable(False)
+    assert not ok and why.startswith("/usr/lib/qemu/virtiofsd (QEMU's C virtiofsd) needs root")
+
+
+def test_virtiofsd_command_rust(tmp_path: Path) -> None:
+    sock = tmp_path / "virtiofs-0.sock"
+    base = ["/usr/libexec/virtiofsd", f"--socket-path={sock}", "--shared-dir=/home/me,x",
+            "--cache=auto", "--announce-submounts"]
+    assert RUST_VFS.command(sock, "/home/me,x", False) == [*base, "--sandbox=none"]
+    assert RUST_VFS.command(sock, "/home/me,x", True) == [*base, "--sandbox=namespace"]
+
+
+def test_virtiofsd_command_c(tmp_path: Path) -> None:
+    sock = tmp_path / "virtiofs-0.sock"
+    assert C_VFS.command(sock, "/home/me", True) == [
+        "/usr/lib/qemu/virtiofsd", f"--socket-path={sock}", "-o", "source=/home/me",
+        "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "announce_submounts"]
+
+
+def test_opt_doubles_commas() -> None:
+    assert qemu.opt("/a,b,,c") == "/a,,b,,,,c"
+    assert qemu.opt(Path("/plain")) == "/plain"
+    assert qemu.opt(42) == "42"
+
+
+def _cmd(spec: VMSpec, **kw: object) -> list[str]:
+    return qemu.build_command(spec, "kvm", "linux", "qemu-system-x86_64",
+                              Endpoint(path=spec.qmp_socket), **kw)  # type: ignore[arg-type]
+
+
+def test_command_without_shares_has_no_share_devices(spec: VMSpec) -> None:
+    cmd = _cmd(spec)
+    assert "-fsdev" not in cmd and "-object" not in cmd
+    assert not any(a.startswith(("vhost-user-fs", "virtio-9p")) for a in cmd)
+    assert qemu.share_args(spec, "pci", False) == []
+
+
+@pytest.mark.parametrize(("is_root", "model"), [(False, "none"), (True, "passthrough")])
+def test_command_9p_share(spec: VMSpec, is_root: bool, model: str) -> None:
+    spec.shares = [SharedFolder("/home/me/src", "cove0", "9p")]
+    cmd = _cmd(spec, is_root=is_root)
+    assert _args(cmd, "-fsdev") == [
+        f"local,id=fsdev0,path=/home/me/src,security_model={model},multidevs=remap"]
+    assert "virtio-9p-pci,fsdev=fsdev0,mount_tag=cove0" in _args(cmd, "-device")
+    # 9p needs no shared guest memory.
+    assert "-object" not in cmd
+    assert _arg(cmd, "-machine") == "q35,vmport=off,hpet=off"
+    assert "-chardev" not in cmd
+
+
+def test_command_9p_path_with_commas_is_escaped(spec: VMSpec) -> None:
+    spec.shares = [SharedFolder("/home/me/a,b,security_model=passthrough", "cove0", "9p")]
+    fsdev = _arg(_cmd(spec), "-fsdev")
+    assert fsdev == ("local,id=fsdev0,path=/home/me/a,,b,,security_model=passthrough,"
+                     "security_model=none,multidevs=remap")
+
+
+def test_command_virtiofs_share(spec: VMSpec) -> None:
+    spec.shares = [SharedFolder("/home/me", "cove0", "virtiofs")]
+    cmd = _cmd(spec)
+    sock = spec.folder / "virtiofs-0.sock"
+    assert qemu.virtiofs_socket(spec, 0) == sock
+    assert _args(cmd, "-chardev") == [f"socket,id=fs0,path={sock}"]
+    assert "vhost-user-fs-pci,queue-size=1024,chardev=fs0,tag=cove0" in _args(cmd, "-device")
+    # The guest's RAM is a shareable memfd of the VM's size, used as its memory.
+    assert _args(cmd, "-object") == ["memory-backend-memfd,id=mem,size=4096M,share=on"]
+    assert _args(cmd, "-machine") == ["q35,vmport=off,hpet=off", "memory-backend=mem"]
+    assert _arg(cmd, "-m") == "4096M"
+    assert "-fsdev" not in cmd
+    # The host folder reaches virtiofsd, never QEMU.
+    assert not any("/home/me" in a for a in cmd)
+
+
+def test_command_virtiofs_socket_path_with_commas(spec: VMSpec, tmp_path: Path) -> None:
+    spec.folder = tmp_path / "a,b"
+    spec.shares = [SharedFolder("/home/me", "cove0", "virtiofs")]
+    assert _arg(_cmd(spec), "-chardev") == (
+        f"socket,id=fs0,path={tmp_path}/a,,b/virtiofs-0.sock")
+
+
+def test_command_both_transports_keep_their_indexes(spec: VMSpec) -> None:
+    spec.shares = [SharedFolder("/srv/a", "cove0", "9p"),
+                   SharedFolder("/srv/b", "cove1", "virtiofs"),
+                   SharedFolder("/srv/c", "cove2", "9p")]
+    cmd = _cmd(spec, is_root=True)
+    assert _args(cmd, "-fsdev") == [
+        "local,id=fsdev0,path=/srv/a,security_model=passthrough,multidevs=remap",
+        "local,id=fsdev2,path=/srv/c,security_model=passthrough,multidevs=remap"]
+    assert _args(cmd, "-chardev") == [f"socket,id=fs1,path={spec.folder}/virtiofs-1.sock"]
+    devices = _args(cmd, "-device")
+    assert "virtio-9p-pci,fsdev=fsdev0,mount_tag=cove0" in devices
+    assert "vhost-user-fs-pci,queue-size=1024,chardev=fs1,tag=cove1" in devices
+    assert "virtio-9p-pci,fsdev=fsdev2,mount_tag=cove2" in devices
+    assert _args(cmd, "-object") == ["memory-backend-memfd,id=mem,size=4096M,share=on"]
+
+
+def test_command_arm64_virtiofs(spec: VMSpec) -> None:
+    spec.arch = "arm64"
+    spec.memory_mib = 2048
+    spec.shares = [SharedFolder("/Users/me", "cove0", "virtiofs")]
+    cmd = qemu.build_command(spec, "kvm", "linux", "qemu-system-aarch64",
+                             Endpoint(path=spec.qmp_socket))
+    assert _args(cmd, "-machine") == ["virt", "memory-backend=mem"]
+    assert _args(cmd, "-object") == ["memory-backend-memfd,id=mem,size=2048M,share=on"]
+
+
+def test_probe_boot_has_no_shares_nor_memory_backend(spec: VMSpec) -> None:
+    spec.shares = [SharedFolder("/srv/a", "cove0", "virtiofs"),
+                   SharedFolder("/srv/b", "cove1", "9p")]
+    cmd = _cmd(spec, probe=True)
+    assert "-object" not in cmd and "-fsdev" not in cmd and "-chardev" not in cmd
+    assert _arg(cmd, "-machine") == "q35,vmport=off,hpet=off"
+    assert not any("memory-backend" in a for a in cmd)
+
+
+def test_driver_command_passes_root_to_the_9p_security_model(
+        spec: VMSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec.shares = [SharedFolder("/srv/a", "cove0", "9p")]
+    d = qemu.QemuDriver("amd64", os_name="linux")
+    monkeypatch.setattr(qemu.QemuDriver, "is_root", staticmethod(lambda: True))
+    assert "security_model=passthrough" in _arg(d.command(spec), "-fsdev")
+    monkeypatch.setattr(qemu.QemuDriver, "is_root", staticmethod(lambda: False))
+    assert "security_model=none" in _arg(d.command(spec), "-fsdev")
+
+
+# -- finding virtiofsd -------------------------------------------------------------------
+
+RUST_HELP = """Usage: virtiofsd [OPTIONS] --shared-dir <shared-dir>
+      --shared-dir <shared-dir>  Shared directory path
+      --socket-path <socket-path>
+"""
+C_HELP = """usage: virtiofsd [options]
+    -o source=PATH             shared directory tree
+    --socket-path=PATH         path for the vhost-user socket
+"""
+
+
+def _exe(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def _help_exe(path: Path, text: str, to_stderr: bool = False, code: int = 0) -> str:
+    return _exe(path, f"cat {'>&2 ' if to_stderr else ''}<<'EOF'\n{text}EOF\nexit {code}\n")
+
+
+@pytest.fixture
+def no_virtiofsd_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.delenv("COVE_VIRTIOFSD", raising=False)
+    if shutil.which("virtiofsd"):
+        pytest.skip("a virtiofsd is on /usr/bin or /bin")
+    return bin_dir
+
+
+def test_find_virtiofsd_rust_flavour(tmp_path: Path, no_virtiofsd_on_path: Path) -> None:
+    p = _help_exe(tmp_path / "vfs-rust", RUST_HELP)
+    assert qemu.find_virtiofsd((p,)) == qemu.Virtiofsd(p, "rust")
+
+
+def test_find_virtiofsd_c_flavour_help_on_stderr(tmp_path: Path,
+                                                 no_virtiofsd_on_path: Path) -> None:
+    # QEMU's C virtiofsd prints its usage on stderr and exits 1: still found.
+    p = _help_exe(tmp_path / "vfs-c", C_HELP, to_stderr=True, code=1)
+    assert qemu.find_virtiofsd((p,)) == qemu.Virtiofsd(p, "c")
+    # And a Rust one whose help is on stderr is still Rust.
+    r = _help_exe(tmp_path / "vfs-r2", RUST_HELP, to_stderr=True)
+    assert qemu.find_virtiofsd((r,)) == qemu.Virtiofsd(r, "rust")
+
+
+def test_find_virtiofsd_skips_what_cannot_run(tmp_path: Path,
+                                              no_virtiofsd_on_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    not_exec = tmp_path / "not-exec"
+    not_exec.write_text("#!/bin/sh\necho --shared-dir\n")
+    not_exec.chmod(0o644)
+    bad_interp = tmp_path / "bad-interp"
+    bad_interp.write_text("#!/nonexistent/interpreter\n")
+    bad_interp.chmod(0o755)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    good = _help_exe(tmp_path / "good", C_HELP)
+    cands = (missing, str(not_exec), str(bad_interp), str(folder), good)
+    assert qemu.find_virtiofsd(cands) == qemu.Virtiofsd(good, "c")
+    assert qemu.find_virtiofsd(cands[:-1]) is None
+    assert qemu.find_virtiofsd(()) is None
+
+
+def test_find_virtiofsd_order(tmp_path: Path, no_virtiofsd_on_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _help_exe(tmp_path / "first", C_HELP)
+    second = _help_exe(tmp_path / "second", RUST_HELP)
+    on_path = _help_exe(no_virtiofsd_on_path / "virtiofsd", RUST_HELP)
+    assert qemu.find_virtiofsd((first, second)) == qemu.Virtiofsd(first, "c")
+    assert qemu.find_virtiofsd(()) == qemu.Virtiofsd(on_path, "rust")  # PATH comes last
+    # COVE_VIRTIOFSD comes before every candidate.
+    override = _help_exe(tmp_path / "override", RUST_HELP)
+    monkeypatch.setenv("COVE_VIRTIOFSD", override)
+    assert qemu.find_virtiofsd((first, second)) == qemu.Virtiofsd(override, "rust")
+    # One that does not exist is passed over.
+    monkeypatch.setenv("COVE_VIRTIOFSD", str(tmp_path / "missing"))
+    assert qemu.find_virtiofsd((first,)) == qemu.Virtiofsd(first, "c")
+
+
+def test_driver_looks_for_virtiofsd_once_and_only_on_linux(
+        monkeypatch: pytest.MonkeyPatch, folders: list[str]) -> None:
+    calls: list[int] = []
+
+    def find() -> qemu.Virtiofsd:
+        calls.append(1)
+        return RUST_VFS
+
+    monkeypatch.setattr(qemu, "find_virtiofsd", find)
+    monkeypatch.setattr(qemu.QemuDriver, "is_root", staticmethod(lambda: False))
+    d = qemu.QemuDriver("amd64", os_name="linux")
+    assert d.resolve_shares([]) == ([], [])
+    assert calls == []  # no shares: no probing
+    assert d.resolve_shares([(folders[0], "auto")]) == ([_sf(folders[0], 0, "virtiofs")], [])
+    d.resolve_shares([(folders[1], "auto")])
+    assert calls == [1]
+    mac = qemu.QemuDriver("arm64", os_name="darwin")
+    assert mac.resolve_shares([(folders[0], "auto")])[0] == [_sf(folders[0], 0, "9p")]
+    assert mac.virtiofsd() is None
+    assert calls == [1]
+
+
+# -- starting virtiofsd ------------------------------------------------------------------
+
+FAKE_VIRTIOFSD = """
+for a in "$@"; do
+    case "$a" in --socket-path=*) sock="${a#--socket-path=}" ;; esac
+done
+echo "pid $$ args: $*"
+echo $$ >> "{pids}"
+{action}
+"""
+
+
+def _fake_virtiofsd(tmp_path: Path, action: str) -> tuple[qemu.Virtiofsd, Path]:
+    pids = tmp_path / "vfs-pids"
+    path = _exe(tmp_path / "fake-virtiofsd",
+                FAKE_VIRTIOFSD.replace("{pids}", str(pids)).replace("{action}", action))
+    return qemu.Virtiofsd(path, "rust"), pids
+
+
+def _driver_with(vfs: qemu.Virtiofsd | None, monkeypatch: pytest.MonkeyPatch,
+                 ) -> qemu.QemuDriver:
+    d = qemu.QemuDriver("amd64", os_name="linux")
+    d._virtiofsd, d._virtiofsd_looked = vfs, True
+    monkeypatch.setattr(qemu.QemuDriver, "is_root", staticmethod(lambda: False))
+    return d
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_start_virtiofsd_one_per_virtiofs_share(spec: VMSpec, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    vfs, pids = _fake_virtiofsd(tmp_path, ': > "$sock"\nexec sleep 30')
+    d = _driver_with(vfs, monkeypatch)
+    spec.shares = [SharedFolder("/srv/a", "cove0", "9p"),
+                   SharedFolder("/srv/b", "cove1", "virtiofs"),
+                   SharedFolder("/srv/c", "cove2", "virtiofs")]
+    try:
+        d._start_virtiofsd(spec)
+        assert len(d.helpers) == 2
+        assert all(p.poll() is None for p in d.helpers)
+        assert not (spec.folder / "virtiofs-0.sock").exists()  # 9p: no helper
+        assert (spec.folder / "virtiofs-1.sock").exists()
+        assert (spec.folder / "virtiofs-2.sock").exists()
+        log1 = (spec.folder / "virtiofsd-1.log").read_text()
+        assert f"--socket-path={spec.folder}/virtiofs-1.sock" in log1
+        assert "--shared-dir=/srv/b" in log1 and "--sandbox=none" in log1
+        assert "--shared-dir=/srv/c" in (spec.folder / "virtiofsd-2.log").read_text()
+        started = [int(x) for x in pids.read_text().split()]
+        assert len(started) == 2
+    finally:
+        helpers = list(d.helpers)
+        d._stop_helpers()
+    assert d.helpers == []
+    assert all(p.returncode is not None for p in helpers)
+    assert all(_gone(pid) for pid in started)
+
+
+def test_start_virtiofsd_replaces_helpers_of_an_earlier_boot(
+        spec: VMSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vfs, _ = _fake_virtiofsd(tmp_path, ': > "$sock"\nexec sleep 30')
+    d = _driver_with(vfs, monkeypatch)
+    spec.shares = [SharedFolder("/srv/b", "cove0", "virtiofs")]
+    try:
+        d._start_virtiofsd(spec)
+        first = d.helpers[0]
+        (spec.folder / "virtiofs-0.sock").unlink()
+        d._start_virtiofsd(spec)
+        assert first.returncode is not None  # stopped, not leaked
+        assert len(d.helpers) == 1 and d.helpers[0] is not first
+        d.kill()  # no QEMU: still stops the helpers
+        assert d.helpers == []
+    finally:
+        d._stop_helpers()
+
+
+def test_start_virtiofsd_that_exits_names_its_log(spec: VMSpec, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    vfs, _ = _fake_virtiofsd(
+        tmp_path, 'echo "virtiofsd: Error creating listener: Address in use" >&2\nexit 1')
+    d = _driver_with(vfs, monkeypatch)
+    spec.shares = [SharedFolder("/srv/b", "cove0", "virtiofs")]
+    stale = spec.folder / "virtiofs-0.sock"
+    stale.write_text("")  # left by an earlier run: removed, not mistaken for the socket
+    with pytest.raises(DriverError) as e:
+        d._start_virtiofsd(spec)
+    msg = str(e.value)
+    assert msg.startswith("virtiofsd for /srv/b did not start (its log: ")
+    assert "virtiofsd-0.log" in msg
+    assert "Error creating listener: Address in use" in msg  # the log's last lines
+    assert not stale.exists()
+    assert d.helpers == []
+
+
+def test_start_virtiofsd_without_a_socket_in_time(spec: VMSpec, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    vfs, pids = _fake_virtiofsd(tmp_path, "exec sleep 30")  # never listens
+
+    class Clock:
+        t = 0.0
+
+        def monotonic(self) -> float:
+            self.t += 4.0  # 10 s pass in a few polls
+            return self.t
+
+        def sleep(self, s: float) -> None:
+            pass
+
+    d = _driver_with(vfs, monkeypatch)
+    spec.shares = [SharedFolder("/srv/b", "cove0", "virtiofs")]
+    # Wait until the helper runs, so that the test sees it stopped rather than not started.
+    real_popen = subprocess.Popen
+
+    def popen(*a: object, **kw: object) -> subprocess.Popen:
+        p = real_popen(*a, **kw)  # type: ignore[call-overload]
+        deadline = time.monotonic() + 10
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return p
+
+    monkeypatch.setattr(qemu.subprocess, "Popen", popen)
+    monkeypatch.setattr(qemu, "time", Clock())
+    with pytest.raises(DriverError) as e:
+        d._start_virtiofsd(spec)
+    assert str(e.value).startswith("virtiofsd for /srv/b did not start (its log: ")
+    assert d.helpers == []
+    assert _gone(int(pids.read_text().split()[0]))
+
+
+def test_start_virtiofsd_not_installed(spec: VMSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _driver_with(None, monkeypatch)
+    spec.shares = [SharedFolder("/srv/a", "cove0", "9p")]
+    d._start_virtiofsd(spec)  # 9p only: nothing to start, nothing needed
+    assert d.helpers == []
+    spec.shares = [SharedFolder("/srv/b", "cove0", "virtiofs")]
+    with pytest.raises(DriverError, match="cannot share /srv/b over virtiofs: virtiofsd is "
+                                          "not installed"):
+        d._start_virtiofsd(spec)

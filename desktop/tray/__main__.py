@@ -1,0 +1,5 @@
+import sys
+
+from desktop.tray import main
+
+sys.exit(main())

@@ -1,0 +1,386 @@
+"""The Dashboard window: the engine's containers, images and volumes.
+
+Everything it shows comes from `DockerService` calls run on the worker pool; it
+refreshes when the controller relays a Docker event (`docker_changed`), after each of
+its own actions, and when Cove comes up. The log view follows the selected container
+through a `Follower`. Nothing here blocks the GUI thread on the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QDesktopServices, QFontDatabase
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.tray import model, terminal
+from desktop.tray.controller import TrayController
+from desktop.tray.docker_service import (
+    ContainerRow,
+    DockerService,
+    ImageRow,
+    VolumeRow,
+    human_size,
+)
+from desktop.tray.worker import Follower
+
+STATE_COLOURS = {"running": "#1f9d6b", "exited": "#8a8f98", "created": "#8a8f98",
+                 "paused": "#e8a317", "restarting": "#e8a317", "dead": "#d63a3a"}
+
+
+def _created(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else ""
+
+
+def ports_html(row: ContainerRow) -> str:
+    parts = []
+    for p in row.ports:
+        parts.append(f'<a href="{p.url}">{p.text}</a>' if p.url else p.text)
+    return ", ".join(parts)
+
+
+def _table(headers: list[str]) -> QTableWidget:
+    t = QTableWidget(0, len(headers))
+    t.setHorizontalHeaderLabels(headers)
+    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    t.verticalHeader().setVisible(False)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    t.setAlternatingRowColors(True)
+    return t
+
+
+def _buttons(*names: str) -> tuple[QHBoxLayout, dict[str, QPushButton]]:
+    row = QHBoxLayout()
+    out = {}
+    for name in names:
+        b = QPushButton(name)
+        row.addWidget(b)
+        out[name] = b
+    row.addStretch()
+    return row, out
+
+
+class Dashboard(QMainWindow):
+    """`open_url`, `open_terminal` and `confirm` are the window's ways out to the desktop
+    (the browser, a terminal window, a question); tests pass their own."""
+
+    def __init__(self, controller: TrayController, docker: DockerService | None = None,
+                 *, open_url: Callable[[QUrl], Any] | None = None,
+                 open_terminal: Callable[[str, str], Any] | None = None,
+                 confirm: Callable[[str], bool] | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.docker = docker or controller.docker
+        self.worker = controller.worker
+        self.open_url = open_url or QDesktopServices.openUrl
+        self.open_terminal = open_terminal or terminal.open_terminal
+        self.confirm = confirm or self._ask
+        self.containers: list[ContainerRow] = []
+        self.images: list[ImageRow] = []
+        self.volumes: list[VolumeRow] = []
+        self.log_follower: Follower | None = None
+        self.log_container = ""
+        self.setWindowTitle(f"Cove Dashboard ({controller.inst.name})")
+        self.resize(960, 620)
+
+        self.banner = QLabel()
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet("padding: 6px;")
+        self.tabs = QTabWidget()
+
+        # Containers
+        self.container_table = _table(["Name", "Image", "State", "Ports", "Created"])
+        self.container_table.itemSelectionChanged.connect(self._selection_changed)
+        bar, self.container_buttons = _buttons("Start", "Stop", "Restart", "Delete",
+                                               "Terminal")
+        b = self.container_buttons
+        b["Start"].clicked.connect(lambda: self._container_action("start", "Started"))
+        b["Stop"].clicked.connect(lambda: self._container_action("stop", "Stopped"))
+        b["Restart"].clicked.connect(lambda: self._container_action("restart", "Restarted"))
+        b["Delete"].clicked.connect(self.delete_container)
+        b["Terminal"].clicked.connect(self.terminal)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.log_view.setPlaceholderText("Select a container to follow its log")
+        top = QWidget()
+        tl = QVBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addLayout(bar)
+        tl.addWidget(self.container_table)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top)
+        split.addWidget(self.log_view)
+        split.setSizes([360, 200])
+        self.tabs.addTab(split, "Containers")
+
+        # Images
+        self.image_table = _table(["Tags", "ID", "Size", "Created"])
+        ibar, self.image_buttons = _buttons("Delete", "Prune unused")
+        self.image_buttons["Delete"].clicked.connect(self.delete_image)
+        self.image_buttons["Prune unused"].clicked.connect(self.prune_images)
+        self.tabs.addTab(self._page(ibar, self.image_table), "Images")
+
+        # Volumes
+        self.volume_table = _table(["Name", "Driver", "Mount point"])
+        vbar, self.volume_buttons = _buttons("Delete", "Prune unused")
+        self.volume_buttons["Delete"].clicked.connect(self.delete_volume)
+        self.volume_buttons["Prune unused"].clicked.connect(self.prune_volumes)
+        self.tabs.addTab(self._page(vbar, self.volume_table), "Volumes")
+
+        central = QWidget()
+        cl = QVBoxLayout(central)
+        cl.addWidget(self.banner)
+        cl.addWidget(self.tabs)
+        self.setCentralWidget(central)
+
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(150)  # one refresh for a burst of events
+        self._refresh_timer.timeout.connect(self.refresh)
+        controller.docker_changed.connect(self._refresh_timer.start)
+        controller.changed.connect(self._state_changed)
+        self._was_up = controller.state.is_up
+        self._state_changed(controller.state)
+        self._update_buttons()
+
+    @staticmethod
+    def _page(bar: QHBoxLayout, table: QTableWidget) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        lay.addLayout(bar)
+        lay.addWidget(table)
+        return w
+
+    # -- state -----------------------------------------------------------------------
+
+    def _state_changed(self, st: model.TrayState) -> None:
+        self.banner.setText(model.status_line(st))
+        colour = {"running": "#e6f4ea", "error": "#fdecea"}.get(st.state, "#f1f3f4")
+        self.banner.setStyleSheet(f"padding: 6px; background: {colour}; color: #202124;")
+        if st.is_up and not self._was_up:
+            self.refresh()
+        if not st.is_up and self._was_up:
+            self._stop_logs()
+            self.show_rows([], [], [])
+        self._was_up = st.is_up
+        self.tabs.setEnabled(st.is_up or bool(self.containers))
+
+    def status(self, text: str) -> None:
+        self.statusBar().showMessage(text, 10000)
+
+    # -- refreshing --------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        if not self.controller.state.is_up:
+            return
+        d = self.docker
+        self.worker.submit(lambda: (d.containers(), d.images(), d.volumes()),
+                           lambda r: self.show_rows(*r), self.status)
+
+    def show_rows(self, containers: list[ContainerRow], images: list[ImageRow],
+                  volumes: list[VolumeRow]) -> None:
+        selected = self.selected_container()
+        self.containers, self.images, self.volumes = containers, images, volumes
+        t = self.container_table
+        t.blockSignals(True)
+        t.setRowCount(len(containers))
+        for i, c in enumerate(containers):
+            t.setItem(i, 0, QTableWidgetItem(c.name))
+            t.setItem(i, 1, QTableWidgetItem(c.image))
+            state = QTableWidgetItem(c.status or c.state)
+            state.setForeground(_brush(STATE_COLOURS.get(c.state, "#202124")))
+            t.setItem(i, 2, state)
+            t.setItem(i, 3, QTableWidgetItem(""))
+            link = QLabel(ports_html(c))
+            link.setTextInteractionFlags(Qt.TextInteractionFlag.LinksAccessibleByMouse)
+            link.linkActivated.connect(self.open_link)
+            link.setContentsMargins(4, 0, 4, 0)
+            t.setCellWidget(i, 3, link)
+            t.setItem(i, 4, QTableWidgetItem(_created(c.created)))
+            if selected is not None and c.id == selected.id:
+                t.selectRow(i)
+        t.blockSignals(False)
+        it = self.image_table
+        it.setRowCount(len(images))
+        for i, im in enumerate(images):
+            it.setItem(i, 0, QTableWidgetItem(", ".join(im.tags) or "<untagged>"))
+            it.setItem(i, 1, QTableWidgetItem(im.id.removeprefix("sha256:")[:12]))
+            it.setItem(i, 2, QTableWidgetItem(human_size(im.size)))
+            it.setItem(i, 3, QTableWidgetItem(_created(im.created)))
+        vt = self.volume_table
+        vt.setRowCount(len(volumes))
+        for i, v in enumerate(volumes):
+            vt.setItem(i, 0, QTableWidgetItem(v.name))
+            vt.setItem(i, 1, QTableWidgetItem(v.driver))
+            vt.setItem(i, 2, QTableWidgetItem(v.mountpoint))
+        self.tabs.setEnabled(self.controller.state.is_up or bool(containers))
+        self._update_buttons()
+        if (self.selected_container() or None) is None and self.log_container:
+            self._stop_logs()
+
+    # -- selection -----------------------------------------------------------------------
+
+    def selected_container(self) -> ContainerRow | None:
+        rows = self.container_table.selectionModel().selectedRows()
+        if rows and rows[0].row() < len(self.containers):
+            return self.containers[rows[0].row()]
+        return None
+
+    def _selected(self, table: QTableWidget, items: list[Any]) -> Any:
+        rows = table.selectionModel().selectedRows()
+        return items[rows[0].row()] if rows and rows[0].row() < len(items) else None
+
+    def select_container(self, name: str) -> None:
+        for i, c in enumerate(self.containers):
+            if c.name == name:
+                self.container_table.selectRow(i)
+                return
+        raise KeyError(name)
+
+    def _selection_changed(self) -> None:
+        self._update_buttons()
+        c = self.selected_container()
+        if c is None:
+            self._stop_logs()
+        elif c.id != self.log_container:
+            self.follow_logs(c)
+
+    def _update_buttons(self) -> None:
+        c = self.selected_container()
+        running = c is not None and c.state in ("running", "restarting", "paused")
+        b = self.container_buttons
+        b["Start"].setEnabled(c is not None and not running)
+        b["Stop"].setEnabled(running)
+        b["Restart"].setEnabled(c is not None)
+        b["Delete"].setEnabled(c is not None)
+        b["Terminal"].setEnabled(c is not None and c.state == "running")
+
+    # -- container actions ---------------------------------------------------------------
+
+    def _done(self, message: str) -> Callable[[Any], None]:
+        def done(_: Any) -> None:
+            self.status(message)
+            self.refresh()
+        return done
+
+    def _container_action(self, action: str, verb: str) -> None:
+        c = self.selected_container()
+        if c is None:
+            return
+        fn = getattr(self.docker, action)
+        self.status(f"{action.capitalize()} {c.name}…")
+        self.worker.submit(lambda: fn(c.id), self._done(f"{verb} {c.name}"), self.status)
+
+    def delete_container(self) -> None:
+        c = self.selected_container()
+        if c is None:
+            return
+        if c.state == "running" and not self.confirm(
+                f"Delete {c.name}? It is running; it will be stopped first."):
+            return
+        self.worker.submit(lambda: self.docker.remove(c.id), self._done(f"Deleted {c.name}"),
+                           self.status)
+
+    def terminal(self) -> None:
+        c = self.selected_container()
+        if c is None:
+            return
+        try:
+            self.open_terminal(c.name, "unix://" + str(self.docker.socket_path))
+        except (terminal.TerminalError, OSError) as e:
+            self.status(str(e))
+
+    def open_link(self, url: str) -> None:
+        self.open_url(QUrl(url))
+
+    # -- logs ------------------------------------------------------------------------------
+
+    def follow_logs(self, c: ContainerRow) -> None:
+        self._stop_logs()
+        self.log_view.clear()
+        self.log_container = c.id
+        cid = c.id
+        f = Follower(lambda: self.docker.follow_logs(cid), self, name="container-logs")
+        f.item.connect(self.log_view.appendPlainText)
+        f.ended.connect(lambda err: self.log_view.appendPlainText(
+            f"-- the log ended{': ' + err if err else ''} --"))
+        self.log_follower = f.start()
+
+    def _stop_logs(self) -> None:
+        f, self.log_follower = self.log_follower, None
+        self.log_container = ""
+        if f is not None:
+            f.stop()
+
+    # -- images and volumes --------------------------------------------------------------
+
+    def delete_image(self) -> None:
+        im = self._selected(self.image_table, self.images)
+        if im is None:
+            return
+        name = ", ".join(im.tags) or im.id[:19]
+        if not self.confirm(f"Delete the image {name}?"):
+            return
+        self.worker.submit(lambda: self.docker.remove_image(im.id),
+                           self._done(f"Deleted {name}"), self.status)
+
+    def prune_images(self) -> None:
+        if not self.confirm("Delete every dangling image (untagged and unused)?"):
+            return
+        self.worker.submit(self.docker.prune_images,
+                           lambda n: self._done(f"Pruned images: {human_size(n)} freed")(n),
+                           self.status)
+
+    def delete_volume(self) -> None:
+        v = self._selected(self.volume_table, self.volumes)
+        if v is None:
+            return
+        if not self.confirm(f"Delete the volume {v.name} and its data?"):
+            return
+        self.worker.submit(lambda: self.docker.remove_volume(v.name),
+                           self._done(f"Deleted {v.name}"), self.status)
+
+    def prune_volumes(self) -> None:
+        if not self.confirm("Delete every volume no container uses, with its data?"):
+            return
+        self.worker.submit(self.docker.prune_volumes,
+                           lambda n: self._done(f"Pruned volumes: {human_size(n)} freed")(n),
+                           self.status)
+
+    def _ask(self, question: str) -> bool:
+        return QMessageBox.question(self, "Cove", question) == \
+            QMessageBox.StandardButton.Yes
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        self._stop_logs()
+        super().closeEvent(event)
+
+
+def _brush(colour: str) -> Any:
+    from PySide6.QtGui import QBrush, QColor
+
+    return QBrush(QColor(colour))

@@ -1,0 +1,248 @@
+"""The dashboard's view of the engine: the Docker SDK on Cove's own socket.
+
+`DockerService` turns the engine's API replies into small rows the views show
+(`ContainerRow`, `ImageRow`, `VolumeRow`) and carries out the dashboard's actions. Every
+call blocks on the engine, so callers run it off the GUI thread (see `worker.py`).
+Errors are `DockerError`, with a message fit for a status bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class DockerError(Exception):
+    """The engine could not be reached or refused a request; the message says which."""
+
+
+@dataclass(frozen=True)
+class PortLink:
+    host_ip: str
+    host_port: int
+    container_port: int
+    proto: str
+
+    @property
+    def url(self) -> str | None:
+        """A browser link for a TCP port published on the host (through Cove's localhost
+        forwarding); None for UDP."""
+        if self.proto != "tcp" or not self.host_port:
+            return None
+        return f"http://localhost:{self.host_port}/"
+
+    @property
+    def text(self) -> str:
+        return f"{self.host_port}→{self.container_port}" + \
+            ("" if self.proto == "tcp" else f"/{self.proto}")
+
+
+@dataclass(frozen=True)
+class ContainerRow:
+    id: str
+    name: str
+    image: str
+    state: str  # running, exited, created, paused, restarting, dead
+    status: str  # the engine's words: "Up 3 minutes"
+    created: int
+    ports: list[PortLink] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: str
+    tags: list[str]
+    size: int
+    created: int
+
+
+@dataclass(frozen=True)
+class VolumeRow:
+    name: str
+    driver: str
+    mountpoint: str
+
+
+def _ports(raw: list[dict[str, Any]] | None) -> list[PortLink]:
+    seen: set[tuple[int, int, str]] = set()
+    out: list[PortLink] = []
+    for p in raw or []:
+        if not p.get("PublicPort"):
+            continue
+        key = (int(p["PublicPort"]), int(p.get("PrivatePort", 0)), str(p.get("Type", "tcp")))
+        if key in seen:  # the engine lists 0.0.0.0 and :: separately
+            continue
+        seen.add(key)
+        out.append(PortLink(str(p.get("IP", "")), key[0], key[1], key[2]))
+    return sorted(out, key=lambda pl: (pl.host_port, pl.proto))
+
+
+def container_row(c: dict[str, Any]) -> ContainerRow:
+    names = c.get("Names") or [c.get("Id", "")[:12]]
+    return ContainerRow(
+        id=c.get("Id", ""), name=names[0].lstrip("/"), image=c.get("Image", ""),
+        state=c.get("State", ""), status=c.get("Status", ""), created=int(c.get("Created", 0)),
+        ports=_ports(c.get("Ports")),
+    )
+
+
+def image_row(i: dict[str, Any]) -> ImageRow:
+    tags = [t for t in i.get("RepoTags") or [] if t != "<none>:<none>"]
+    return ImageRow(id=i.get("Id", ""), tags=tags, size=int(i.get("Size", 0)),
+                    created=int(i.get("Created", 0)))
+
+
+class DockerService:
+    """The engine behind Cove's socket (`Instance.docker_socket`).
+
+    `client_factory` builds the SDK client (tests may pass another); the default is
+    ``docker.DockerClient(base_url="unix://" + socket)``.
+    """
+
+    def __init__(self, socket_path: Path,
+                 client_factory: Callable[[str], Any] | None = None) -> None:
+        self.socket_path = socket_path
+        self._factory = client_factory or _sdk_client
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            if not self.socket_path.exists():
+                raise DockerError("the Docker engine is not running (start Cove first)")
+            self._client = self._call(lambda: self._factory("unix://" + str(self.socket_path)))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # closing a broken client is best effort
+                pass
+            self._client = None
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        import docker.errors
+        import requests
+
+        try:
+            return fn()
+        except docker.errors.APIError as e:
+            raise DockerError(str(e.explanation or e)) from e
+        except (docker.errors.DockerException, requests.RequestException, OSError) as e:
+            self._client = None  # a fresh connection next time
+            raise DockerError(f"the Docker engine did not answer: {e}") from e
+
+    # -- reading -----------------------------------------------------------------------
+
+    def containers(self) -> list[ContainerRow]:
+        raw = self._call(lambda: self.client.api.containers(all=True))
+        return sorted((container_row(c) for c in raw), key=lambda r: (r.state != "running",
+                                                                      r.name))
+
+    def running_count(self) -> int:
+        return len(self._call(lambda: self.client.api.containers(all=False)))
+
+    def images(self) -> list[ImageRow]:
+        raw = self._call(lambda: self.client.api.images())
+        return sorted((image_row(i) for i in raw), key=lambda r: (not r.tags, r.tags, r.id))
+
+    def volumes(self) -> list[VolumeRow]:
+        raw = self._call(lambda: self.client.api.volumes()) or {}
+        return sorted((VolumeRow(v.get("Name", ""), v.get("Driver", ""),
+                                 v.get("Mountpoint", "")) for v in raw.get("Volumes") or []),
+                      key=lambda v: v.name)
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._call(lambda: self.client.api.info()))
+
+    def version(self) -> dict[str, Any]:
+        return dict(self._call(lambda: self.client.api.version()))
+
+    # -- containers ----------------------------------------------------------------------
+
+    def start(self, cid: str) -> None:
+        self._call(lambda: self.client.api.start(cid))
+
+    def stop(self, cid: str) -> None:
+        self._call(lambda: self.client.api.stop(cid))
+
+    def restart(self, cid: str) -> None:
+        self._call(lambda: self.client.api.restart(cid))
+
+    def remove(self, cid: str) -> None:
+        self._call(lambda: self.client.api.remove_container(cid, force=True))
+
+    def follow_logs(self, cid: str, tail: int = 500) -> LogStream:
+        """The container's last `tail` lines, then new ones as they come (close() ends it)."""
+        stream = self._call(lambda: self.client.api.logs(cid, stream=True, follow=True,
+                                                         tail=tail, timestamps=False))
+        return LogStream(stream)
+
+    # -- images and volumes --------------------------------------------------------------
+
+    def remove_image(self, image_id: str, force: bool = False) -> None:
+        self._call(lambda: self.client.api.remove_image(image_id, force=force))
+
+    def prune_images(self) -> int:
+        """Remove dangling images; returns the bytes reclaimed."""
+        res = self._call(lambda: self.client.api.prune_images()) or {}
+        return int(res.get("SpaceReclaimed") or 0)
+
+    def remove_volume(self, name: str) -> None:
+        self._call(lambda: self.client.api.remove_volume(name))
+
+    def prune_volumes(self) -> int:
+        res = self._call(lambda: self.client.api.prune_volumes()) or {}
+        return int(res.get("SpaceReclaimed") or 0)
+
+    # -- events --------------------------------------------------------------------------
+
+    def events(self) -> Any:
+        """The engine's events as dicts (a stream whose close() ends it)."""
+        return self._call(lambda: self.client.api.events(decode=True))
+
+
+class LogStream:
+    """Decoded log lines from the SDK's log stream; close() from any thread ends it."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._partial = ""
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for chunk in self._raw:
+                text = self._partial + (chunk.decode("utf-8", "replace")
+                                        if isinstance(chunk, bytes) else str(chunk))
+                *lines, self._partial = text.split("\n")
+                yield from lines
+        except Exception as e:  # the stream ends with the container or on close()
+            log.debug("log stream ended: %s", e)
+        if self._partial:
+            yield self._partial
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        except Exception:  # already closed
+            pass
+
+
+def _sdk_client(base_url: str) -> Any:
+    import docker
+
+    return docker.DockerClient(base_url=base_url, version="auto", timeout=30)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -1,0 +1,220 @@
+"""What the tray shows, derived from the backend's events and nothing else.
+
+`TrayState` is folded from the backend's event stream (`apply_event`); the icon, the
+tooltip, the status line and the menu's entries are pure functions of it, so the menu
+rebuilt each time it opens (`menu_entries`) can never drift from what the backend said.
+No Qt here: the controller feeds it, the tray renders it, the tests read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The backend's state events (see desktop/backend.py).
+STATES = ("stopped", "starting", "running", "degraded", "stopping", "error")
+
+STEP_TEXT = {
+    "launch": "launching the backend",
+    "image": "checking the guest image",
+    "disk": "preparing the data disk",
+    "vm": "booting the VM",
+    "agent": "waiting for the guest agent",
+    "engine": "waiting for the Docker engine",
+}
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A desktop notification to show: title, message and how serious it is."""
+
+    title: str
+    message: str
+    level: str = "information"  # information | warning | critical
+
+
+@dataclass
+class TrayState:
+    state: str = "stopped"
+    step: str = ""
+    reason: str = ""
+    engine_version: str = ""
+    containers: int | None = None  # running containers; None until Docker answered
+    failed_ports: dict[str, str] = field(default_factory=dict)  # "8080/tcp" -> reason
+    restart_needed: bool = False
+    failed: bool = False  # this run ended in an error: shown until the next start
+
+    @property
+    def is_up(self) -> bool:
+        """The engine answers (or answered a moment ago and is coming back)."""
+        return self.state in ("running", "degraded")
+
+    @property
+    def busy(self) -> bool:
+        return self.state in ("starting", "stopping")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def apply_event(st: TrayState, ev: dict[str, Any], live: bool = True) -> list[Notice]:
+    """Fold one backend event into `st`; return the notifications it calls for.
+
+    `live` is False for the backend's replayed history: the state follows it, but a
+    failure that was already over when the tray connected is not announced again.
+    """
+    kind = str(ev.get("event", ""))
+    notices: list[Notice] = []
+    if kind in STATES:
+        previous = st.state
+        st.state = kind
+        if kind == "starting":
+            st.step = str(ev.get("step", ""))
+            st.reason = ""
+            st.failed = False
+            if previous in ("stopped", "error"):
+                st.failed_ports.clear()
+        elif kind == "running":
+            st.step = ""
+            st.reason = ""
+            st.engine_version = str(ev.get("engine_version", st.engine_version))
+        elif kind == "degraded":
+            st.reason = str(ev.get("reason", ""))
+        elif kind == "stopping":
+            st.step = ""
+            if st.failed:
+                st.state = "error"  # stopping because it failed: still the failure
+        elif kind == "error":
+            st.reason = str(ev.get("reason", "unknown error"))
+            st.failed = True
+            if live:
+                title = ("Cove's engine failed to start" if previous == "starting"
+                         else "Cove stopped with an error")
+                notices.append(Notice(title, _first_line(st.reason), "critical"))
+        elif kind == "stopped":
+            st.step = ""
+            st.containers = None
+            st.failed_ports.clear()
+            st.restart_needed = False
+            if st.failed:
+                st.state = "error"  # keep showing why it ended until the next start
+    elif kind == "port_failed":
+        key = f"{ev.get('host_port')}/{ev.get('proto', 'tcp')}"
+        new = key not in st.failed_ports
+        st.failed_ports[key] = str(ev.get("reason", ""))
+        if live and new:
+            who = ev.get("container") or "a host-network container"
+            notices.append(Notice(f"Port {key} could not be published",
+                                  str(ev.get("reason") or f"for {who}"), "warning"))
+    elif kind in ("port_forwarded", "port_removed"):
+        st.failed_ports.pop(f"{ev.get('host_port')}/{ev.get('proto', 'tcp')}", None)
+    elif kind == "restart_needed":
+        st.restart_needed = True
+        if live:
+            notices.append(restart_notice(str(ev.get("reason", ""))))
+    return notices
+
+
+def apply_status(st: TrayState, status: dict[str, Any]) -> None:
+    """Start from the backend's `status` reply (the tray has just connected)."""
+    state = str(status.get("state", "stopped"))
+    st.state = state if state in STATES else "stopped"
+    st.step = str(status.get("step", ""))
+    st.reason = str(status.get("reason", ""))
+    st.failed = st.state == "error"
+    st.engine_version = str(status.get("engine_version", ""))
+    st.failed_ports = {f"{p.get('host_port')}/{p.get('proto', 'tcp')}": str(p.get("reason", ""))
+                       for p in status.get("ports") or [] if p.get("state") == "failed"}
+    if status.get("shares_pending"):
+        st.restart_needed = True
+
+
+def restart_notice(why: str = "") -> Notice:
+    msg = "Restart Cove to apply the new settings"
+    return Notice("Cove needs a restart", f"{msg}: {why}" if why else msg, "information")
+
+
+def icon_name(st: TrayState) -> str:
+    """One of the four tray icons: stopped, starting, running, error."""
+    if st.state == "running":
+        return "running"
+    if st.state in ("starting", "stopping", "degraded"):
+        return "starting"
+    if st.state == "error":
+        return "error"
+    return "stopped"
+
+
+def _containers_text(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f" — {n} container{'s' if n != 1 else ''}" if n else " — no containers running"
+
+
+def status_line(st: TrayState) -> str:
+    if st.state == "running":
+        return f"Cove is running{_containers_text(st.containers)}"
+    if st.state == "starting":
+        step = STEP_TEXT.get(st.step, st.step)
+        return f"Cove is starting ({step})…" if step else "Cove is starting…"
+    if st.state == "degraded":
+        return f"Cove is degraded: {_first_line(st.reason)}" if st.reason else \
+            "Cove is degraded"
+    if st.state == "stopping":
+        return "Cove is stopping…"
+    if st.state == "error":
+        return f"Cove failed: {_first_line(st.reason)}"
+    return "Cove is stopped"
+
+
+def tooltip(st: TrayState) -> str:
+    lines = [status_line(st)]
+    if st.engine_version and st.is_up:
+        lines.append(f"Docker engine {st.engine_version}")
+    for key, reason in sorted(st.failed_ports.items()):
+        lines.append(f"port {key}: {reason}" if reason else f"port {key} is not published")
+    if st.restart_needed:
+        lines.append("A restart is needed to apply the settings")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One menu entry: `key` names the action (None for the status line), "-" is a
+    separator."""
+
+    key: str | None
+    text: str = ""
+    enabled: bool = True
+
+
+SEPARATOR = Entry("-")
+
+
+def menu_entries(st: TrayState, platform: str) -> list[Entry]:
+    """The tray menu for this state, in order."""
+    can_start = st.state in ("stopped", "error")
+    can_stop = st.state in ("starting", "running", "degraded")
+    entries = [Entry(None, status_line(st), False)]
+    if st.restart_needed:
+        entries.append(Entry("restart", "Restart to apply settings"))
+    entries += [
+        SEPARATOR,
+        Entry("dashboard", "Dashboard"),
+        Entry("settings", "Settings…"),
+        SEPARATOR,
+        Entry("start", "Start", can_start),
+        Entry("stop", "Stop", can_stop),
+        Entry("restart", "Restart", st.state in ("running", "degraded", "error")),
+    ]
+    if platform == "win32":
+        entries.append(Entry("switch_windows", "Switch to Windows containers…",
+                             not st.busy))
+    entries += [
+        SEPARATOR,
+        Entry("troubleshoot", "Troubleshoot…"),
+        Entry("about", "About Cove"),
+        Entry("quit", "Quit Cove"),
+    ]
+    return entries

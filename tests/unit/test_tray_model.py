@@ -1,0 +1,147 @@
+"""The tray's state model (desktop.tray.model): states from events, menu, tooltip."""
+
+from __future__ import annotations
+
+from desktop.tray import model
+from desktop.tray.model import TrayState, apply_event
+
+
+def _keys(st: TrayState, platform: str = "linux") -> list[tuple[str | None, bool]]:
+    return [(e.key, e.enabled) for e in model.menu_entries(st, platform) if e.key != "-"]
+
+
+def _fold(*events: dict, live: bool = True) -> tuple[TrayState, list[model.Notice]]:
+    st = TrayState()
+    notices: list[model.Notice] = []
+    for ev in events:
+        notices += apply_event(st, ev, live)
+    return st, notices
+
+
+def test_menu_when_stopped() -> None:
+    st = TrayState()
+    assert _keys(st) == [(None, False), ("dashboard", True), ("settings", True),
+                         ("start", True), ("stop", False), ("restart", False),
+                         ("troubleshoot", True), ("about", True), ("quit", True)]
+    assert model.menu_entries(st, "linux")[0].text == "Cove is stopped"
+
+
+def test_menu_when_running_counts_containers() -> None:
+    st, _ = _fold({"event": "starting", "step": "vm"},
+                  {"event": "running", "engine_version": "26.1.5"})
+    st.containers = 3
+    entries = model.menu_entries(st, "linux")
+    assert entries[0] == model.Entry(None, "Cove is running — 3 containers", False)
+    assert dict(_keys(st))["start"] is False
+    assert dict(_keys(st))["stop"] is True
+    assert dict(_keys(st))["restart"] is True
+    st.containers = 1
+    assert model.status_line(st) == "Cove is running — 1 container"
+    st.containers = 0
+    assert model.status_line(st) == "Cove is running — no containers running"
+
+
+def test_menu_while_starting_shows_the_step() -> None:
+    st, _ = _fold({"event": "starting", "step": "engine"})
+    assert model.status_line(st) == "Cove is starting (waiting for the Docker engine)…"
+    keys = dict(_keys(st))
+    assert keys["start"] is False and keys["stop"] is True and keys["restart"] is False
+    assert model.icon_name(st) == "starting"
+
+
+def test_windows_entry_only_on_windows() -> None:
+    st = TrayState()
+    assert "switch_windows" not in dict(_keys(st, "linux"))
+    assert "switch_windows" not in dict(_keys(st, "darwin"))
+    win = [e.text for e in model.menu_entries(st, "win32")]
+    assert "Switch to Windows containers…" in win
+    assert win.index("Switch to Windows containers…") < win.index("Troubleshoot…")
+
+
+def test_menu_order_and_texts() -> None:
+    texts = [e.text for e in model.menu_entries(TrayState(), "linux") if e.key != "-"]
+    assert texts == ["Cove is stopped", "Dashboard", "Settings…", "Start", "Stop", "Restart",
+                     "Troubleshoot…", "About Cove", "Quit Cove"]
+
+
+def test_error_keeps_its_reason_after_stopped_and_notifies_once() -> None:
+    st, notices = _fold({"event": "starting", "step": "agent"},
+                        {"event": "error", "reason": "the guest agent did not answer in "
+                         "time; the guest's last lines:\nKernel panic"},
+                        {"event": "stopped"})
+    assert st.state == "error"
+    assert model.icon_name(st) == "error"
+    assert model.status_line(st) == "Cove failed: the guest agent did not answer in time; " \
+        "the guest's last lines:"
+    assert notices == [model.Notice("Cove's engine failed to start",
+                                    "the guest agent did not answer in time; the guest's "
+                                    "last lines:", "critical")]
+    assert dict(_keys(st))["start"] is True
+
+
+def test_history_moves_the_state_but_does_not_notify() -> None:
+    st, notices = _fold({"event": "starting", "step": "vm"}, {"event": "error", "reason": "x"},
+                        {"event": "port_failed", "host_port": 80, "proto": "tcp",
+                         "reason": "privileged"}, live=False)
+    assert st.state == "error"
+    assert notices == []
+
+
+def test_port_failed_notifies_and_shows_in_tooltip_until_forwarded() -> None:
+    st, _ = _fold({"event": "running", "engine_version": "26.1.5"})
+    ev = {"event": "port_failed", "host_port": 8080, "proto": "tcp", "container": "web",
+          "reason": "port 8080 is already in use on the host by another program"}
+    notices = apply_event(st, ev)
+    assert notices == [model.Notice("Port 8080/tcp could not be published",
+                                    "port 8080 is already in use on the host by another "
+                                    "program", "warning")]
+    assert apply_event(st, ev) == []  # the retry fails again: told once
+    assert "port 8080/tcp: port 8080 is already in use" in model.tooltip(st)
+    apply_event(st, {"event": "port_forwarded", "host_port": 8080, "proto": "tcp"})
+    assert "8080" not in model.tooltip(st)
+
+
+def test_icons_per_state() -> None:
+    names = {}
+    for kind in ("stopped", "starting", "running", "degraded", "stopping", "error"):
+        st, _ = _fold({"event": kind, "reason": "r"})
+        names[kind] = model.icon_name(st)
+    assert names == {"stopped": "stopped", "starting": "starting", "running": "running",
+                     "degraded": "starting", "stopping": "starting", "error": "error"}
+
+
+def test_restart_needed_event_adds_a_menu_entry_and_a_notice() -> None:
+    st, notices = _fold({"event": "running"}, {"event": "restart_needed",
+                                                 "reason": "shared folders"})
+    assert notices == [model.restart_notice("shared folders")]
+    assert model.menu_entries(st, "linux")[1] == model.Entry("restart",
+                                                             "Restart to apply settings")
+    assert "restart is needed" in model.tooltip(st)
+    apply_event(st, {"event": "stopped"})
+    assert not st.restart_needed
+
+
+def test_tooltip_names_engine_version() -> None:
+    st, _ = _fold({"event": "running", "engine_version": "26.1.5"})
+    st.containers = 2
+    assert model.tooltip(st) == "Cove is running — 2 containers\nDocker engine 26.1.5"
+
+
+def test_emitting_signals_keeps_true_alive() -> None:
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    from desktop.tray.qtcompat import emit
+
+    class Source(QObject):
+        ping = Signal(object)
+
+    s = Source()
+    got: list[object] = []
+    s.ping.connect(got.append)
+    before = sys.getrefcount(True)
+    for i in range(500):
+        emit(s.ping, i)
+    assert got == list(range(500))
+    assert abs(sys.getrefcount(True) - before) < 50  # not 500 fewer
