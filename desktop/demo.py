@@ -60,6 +60,15 @@ def main() -> int:
                     'echo "Hello from a container in Cove: $(uname -srm)"'], check=True)
     print(f"\nCove is running. Try: docker --context {inst.context_name} ps, "
           "or stop it with: .venv/bin/cove stop")
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        # A desktop session: the tray too (it finds the backend running; a second launch
+        # only brings the first one's dashboard forward).
+        log = inst.folder / "tray.log"
+        with log.open("ab") as out:
+            subprocess.Popen([*cove, "desktop", "--instance", inst.name],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                             start_new_session=True)
+        print(f"The Cove tray is starting (its log: {log}).")
     return 0
 
 
