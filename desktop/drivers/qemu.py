@@ -498,7 +498,8 @@ class QemuDriver:
             self.accel, self.accel_notes = probe_accel(spec, qemu, cache, self.os_name)
         spec.qmp_socket.unlink(missing_ok=True)
         spec.control_socket.unlink(missing_ok=True)
-        spec.serial_log.unlink(missing_ok=True)
+        if spec.serial_log.exists():  # the previous boot's, kept for a post-mortem
+            spec.serial_log.replace(spec.serial_log.with_name("serial.prev.log"))
         cmd = self.command(spec)
         self._start_virtiofsd(spec)
         errlog = (spec.folder / "qemu.log").open("wb")

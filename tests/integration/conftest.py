@@ -129,7 +129,8 @@ def keep_logs(c: Cove) -> None:
     dest = LOGS / c.name
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("backend.log", "events.log", "serial.log", "serial.crash.log", "qemu.log",
+    for name in ("backend.log", "events.log", "serial.log", "serial.prev.log",
+                 "serial.crash.log", "qemu.log",
                  "backend.out"):
         if (c.folder / name).exists():
             shutil.copy2(c.folder / name, dest / name)
