@@ -98,8 +98,28 @@ class PortForwarder:
         return ["127.0.0.1"] + (["::1"] if self.ipv6 else [])
 
     def update(self, added: list[dict], removed: list[dict]) -> None:
+        """Apply one change. A port both removed and added (its owner changed: a listener
+        the engine's proxy opened turned out to be a container's published port) keeps
+        its host listener when the host addresses stay the same."""
+        adds = {(p["proto"], int(p["port"])): p for p in added}
         for p in removed:
-            self._remove((p["proto"], int(p["port"])))
+            key = (p["proto"], int(p["port"]))
+            new = adds.get(key)
+            with self._lock:
+                old = self._forwards.get(key)
+                if new is not None and old is not None and \
+                        old.addresses == self.addresses(new.get("host_ip", "0.0.0.0")):
+                    old.guest_host_ip = new.get("host_ip", "0.0.0.0")
+                    old.container = new.get("container", "")
+                    old.container_port = int(new.get("container_port", 0))
+                    kept: Forward | None = old
+                else:
+                    kept = None
+            if kept is None:
+                self._remove(key)
+            else:
+                self.emit("port_forwarded" if kept.state == "forwarding" else "port_failed",
+                          **kept.to_json())
         for p in added:
             fwd = Forward(p["proto"], int(p["port"]), p.get("host_ip", "0.0.0.0"),
                           p.get("container", ""), int(p.get("container_port", 0)),

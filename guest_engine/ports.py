@@ -174,8 +174,11 @@ class PortWatcher:
             log.debug("containers not listed: %s", e)
 
     def _publish(self) -> None:
-        ports = self._published | from_listeners(read_listeners(), self._published,
-                                                 self.own_ports)
+        # One read: the events thread may replace the set meanwhile, and a port the
+        # engine just published must count as either published or a listener, never as
+        # neither (which would close the host's port for a moment).
+        published = self._published
+        ports = published | from_listeners(read_listeners(), published, self.own_ports)
         with self._lock:
             added, removed = self.tracker.update(ports)
         if added or removed:

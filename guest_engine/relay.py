@@ -11,20 +11,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from contextlib import AbstractContextManager, nullcontext
 
 BUFSIZE = 256 * 1024
 SPLICE = hasattr(os, "splice")  # Linux: bytes move in the kernel, never through Python
 
 
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _splice_loop(src: socket.socket, dst: socket.socket, lock: object) -> None:
+def _splice_loop(src: socket.socket, dst: socket.socket,
+                 lock: AbstractContextManager) -> None:
     """Copy until EOF through a pipe with splice(2): no copy into user space, which
     matters most in the guest, where every copied byte costs emulated instructions."""
     r, w = os.pipe()
@@ -34,7 +28,7 @@ def _splice_loop(src: socket.socket, dst: socket.socket, lock: object) -> None:
             n = os.splice(sfd, w, BUFSIZE)
             if n == 0:
                 return
-            with lock:  # type: ignore[attr-defined]
+            with lock:
                 while n:
                     n -= os.splice(r, dfd, n)
     finally:
@@ -47,7 +41,7 @@ def copy(src: socket.socket, dst: socket.socket, initial: bytes = b"",
     """Copy `src` to `dst` until EOF, then shut down `dst`'s write half; a reset on
     either side shuts down both. `lock`, if given, is held around each write to `dst`
     (for a writer that shares `dst` with another thread)."""
-    guard = lock if lock is not None else _NoLock()
+    guard: AbstractContextManager = lock if lock is not None else nullcontext()
     buf = bytearray(BUFSIZE)
     view = memoryview(buf)
     try:

@@ -215,3 +215,30 @@ def test_bind_reasons_name_the_problem() -> None:
     assert "8080" in used and "already in use" in used and "container runs" in used
     priv = portfwd.bind_reason(OSError(errno.EACCES, "denied"), 80, "127.0.0.1")
     assert "privileged" in priv and "80" in priv
+
+
+def test_an_owner_change_keeps_the_host_listener(make_fwd: Callable) -> None:
+    """A listener first seen without an owner, then as a container's published port, in
+    one change: the host's socket stays open (no moment of 'connection refused')."""
+    f, events = make_fwd()
+    p = _free_port()
+    unknown = {**_port("tcp", p), "container": "", "container_port": p}
+    f.update([unknown], [])
+    assert _wait(lambda: f.snapshot() and f.snapshot()[0]["state"] == "forwarding")
+    sock_before = list(f._forwards[("tcp", p)].sockets)
+    f.update([_port("tcp", p)], [unknown])
+    assert f._forwards[("tcp", p)].sockets == sock_before  # the same listener
+    assert "port_removed" not in [k for k, _ in events]
+    snap = f.snapshot()
+    assert [(s["container"], s["container_port"]) for s in snap] == [("web", 80)]
+    assert events[-1][0] == "port_forwarded" and events[-1][1]["container"] == "web"
+    socket.create_connection(("127.0.0.1", p), timeout=5).close()  # still open
+
+
+def test_an_owner_change_that_changes_addresses_reopens(make_fwd: Callable) -> None:
+    f, events = make_fwd(expose_all=True)
+    p = _free_port()
+    f.update([_port("tcp", p, "0.0.0.0")], [])
+    f.update([_port("tcp", p, "127.0.0.1")], [_port("tcp", p, "0.0.0.0")])
+    assert [k for k, _ in events].count("port_removed") == 1
+    assert f.snapshot()[0]["host_addresses"] == ["127.0.0.1"]

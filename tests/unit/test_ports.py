@@ -181,3 +181,24 @@ def test_port_tracker_sorted_output() -> None:
     ps = {Port("udp", 9, "0.0.0.0"), Port("tcp", 80, "0.0.0.0"), Port("tcp", 8, "0.0.0.0")}
     added, _ = t.update(ps)
     assert [(p.proto, p.port) for p in added] == [("tcp", 8), ("tcp", 80), ("udp", 9)]
+
+
+def test_a_publish_racing_a_scan_never_drops_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's proxy listens before the container's port is listed; if the events
+    thread lists it during a scan, the port is reported either way, never dropped."""
+    seen: list[dict] = []
+    w = ports.PortWatcher(seen.append, own_ports=set())
+    listener = {("tcp", "0.0.0.0", 18094)}
+    published = {ports.Port("tcp", 18094, "0.0.0.0", "web", 80)}
+
+    def scan_while_the_engine_answers() -> set:
+        w._published = published  # the events thread, mid-scan
+        return listener
+
+    monkeypatch.setattr(ports, "read_listeners", scan_while_the_engine_answers)
+    w._publish()
+    assert [p["port"] for p in seen[-1]["added"]] == [18094]
+    w._publish()  # now seen as the container's: one change, the same port
+    assert [p["port"] for p in seen[-1]["added"]] == [18094]
+    assert [p["port"] for p in seen[-1]["removed"]] == [18094]
+    assert seen[-1]["added"][0]["container"] == "web"
