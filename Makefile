@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export COVE_HOME ?= $(HOME)/.cove
 
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap squashfs-tools kmod cpio gcc libc6-dev \
+APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap squashfs-tools kmod \
+	cpio gcc libc6-dev qemu-user-static binfmt-support arch-test \
 	busybox-static ca-certificates iproute2 python3-venv docker-registry \
 	xvfb xauth libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
@@ -42,8 +43,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
+# The arm64 image (Apple silicon, ARM laptops) is built and boot-tested here too.
 image: venv
 	$(BIN)/python -m vm_image build
+	$(BIN)/python -m vm_image build --arch arm64
 
 lint: venv
 	$(BIN)/ruff check desktop guest_engine vm_image tests benchmarks

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure, bench_instance
+from benchmarks.common import BenchVM, Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,21 +68,18 @@ def _ping(sock: Path) -> bool:
 
 def cove_boots(runs: int, cold: bool) -> tuple[list[float], list[float]]:
     """(power-on -> engine ready via the socket, whole `cove start`) per run."""
-    base, env, cove = bench_instance()
-    inst = base / "h" / "bench"
     ready, whole = [], []
-    try:
+    with BenchVM() as vm:
+        inst = vm.folder
         if not cold:  # the first boot makes the disk; the warm runs reuse it
-            subprocess.run([*cove, "start", "-i", "bench", "--no-activate"], env=env,
-                           check=True, capture_output=True, cwd=ROOT)
-            subprocess.run([*cove, "stop", "-i", "bench"], env=env, check=True,
-                           capture_output=True, cwd=ROOT)
+            vm.start()
+            vm.cli("stop")
         for _ in range(runs):
             (inst / "events.log").unlink(missing_ok=True)
             t0 = time.monotonic()
-            p = subprocess.Popen([*cove, "start", "-i", "bench", "--no-activate"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 cwd=ROOT)
+            p = subprocess.Popen([*vm.cove, "start", "-i", vm.name, "--no-activate"],
+                                 env=vm.env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, cwd=ROOT)
             # Poll the socket ourselves: the engine's first answer through Cove.
             while not _ping(inst / "docker.sock"):
                 if p.poll() not in (None, 0):
@@ -94,16 +91,7 @@ def cove_boots(runs: int, cold: bool) -> tuple[list[float], list[float]]:
             events = [json.loads(ln) for ln in (inst / "events.log").read_text().splitlines()]
             power_on = next(e["time"] for e in events if e.get("step") == "vm")
             ready.append(t_ready - power_on)
-            if cold:
-                subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
-                               check=True, capture_output=True, cwd=ROOT)
-            else:
-                subprocess.run([*cove, "stop", "-i", "bench"], env=env, check=True,
-                               capture_output=True, cwd=ROOT)
-    finally:
-        subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
-                       capture_output=True, cwd=ROOT)
-        shutil.rmtree(base, ignore_errors=True)
+            vm.cli("delete", "--force") if cold else vm.cli("stop")
     return ready, whole
 
 

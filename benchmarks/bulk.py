@@ -13,37 +13,18 @@ Both paths alternate run by run. Operations on 200 MiB:
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure, bench_instance
+from benchmarks.common import BenchVM, Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE_PORT = 19075
 GUEST_PORT = 2375
 MIB = 200
-
-# Runs in the VM (its own python3 and guest_engine, through nsenter into PID 1's
-# namespaces): accept on GUEST_PORT, relay each connection to the engine's socket.
-GUEST_RELAY = f"""
-import socket, threading
-from guest_engine import relay
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {GUEST_PORT}))
-s.listen(64)
-while True:
-    c, _ = s.accept()
-    u = socket.socket(socket.AF_UNIX)
-    u.connect("/var/run/docker.sock")
-    threading.Thread(target=relay.pipe, args=(c, u), daemon=True).start()
-"""
-
 
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
@@ -52,38 +33,19 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def run(runs: int) -> tuple[list[Figure], str]:
-    base, env, cove = bench_instance()
-    env["COVE_QEMU_HOSTFWD"] = f"tcp:127.0.0.1:{BARE_PORT}-:{GUEST_PORT}"
-    work = Path(tempfile.mkdtemp(prefix="cove-bench-bulk-"))
-    ctx = work / "ctx"
-    ctx.mkdir()
-    with (ctx / "big").open("wb") as f:
-        for _ in range(MIB):
-            f.write(os.urandom(1 << 20))
-    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY big /big\nCMD [\"/big\"]\n")
-    cove_docker = ["docker", "--context", "cove-bench"]
-    bare_env = {**env, "DOCKER_HOST": f"tcp://127.0.0.1:{BARE_PORT}"}
-    bare_env.pop("DOCKER_CONTEXT", None)
-    paths = {"cove": (cove_docker, env), "bare": (["docker"], bare_env)}
     samples: dict[str, dict[str, list[float]]] = {}
-    try:
-        subprocess.run([*cove, "start", "-i", "bench", "--no-activate"], env=env, check=True,
-                       capture_output=True, cwd=ROOT)
-        st = json.loads(subprocess.run([*cove, "status", "-i", "bench", "--json"], env=env,
-                                       check=True, capture_output=True, cwd=ROOT).stdout)
-        from desktop.demo import build_hello_image
-
-        build_hello_image(cove_docker, "cove-hello", env=env)
-        subprocess.run([*cove_docker, "run", "-d", "--name", "bare-relay", "--privileged",
-                        "--pid", "host", "cove-hello", "nsenter", "-t", "1", "-m", "-n",
-                        "python3", "-c", GUEST_RELAY],
-                       env=env, check=True, capture_output=True)
-        deadline = time.monotonic() + 120
-        while subprocess.run(["docker", "version"], env=bare_env,
-                             capture_output=True).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the bare path's relay did not answer")
-            time.sleep(0.5)
+    with (tempfile.TemporaryDirectory(prefix="cove-bench-bulk-") as tmp,
+          BenchVM(hostfwd=f"tcp:127.0.0.1:{BARE_PORT}-:{GUEST_PORT}") as vm):
+        work = Path(tmp)
+        ctx = work / "ctx"
+        ctx.mkdir()
+        with (ctx / "big").open("wb") as f:
+            for _ in range(MIB):
+                f.write(os.urandom(1 << 20))
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY big /big\nCMD [\"/big\"]\n")
+        st = vm.start()
+        paths = {"cove": (vm.docker, vm.env),
+                 "bare": (["docker"], vm.bare_relay(BARE_PORT, GUEST_PORT))}
         tar = work / "img.tar"
         for _ in range(runs):
             for name, (docker, denv) in paths.items():
@@ -112,11 +74,6 @@ def run(runs: int) -> tuple[list[Figure], str]:
                                capture_output=True)
                 subprocess.run([*docker, "rmi", "-f", tag], env=denv, capture_output=True)
         accel = st["accel"]
-    finally:
-        subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
-                       capture_output=True, cwd=ROOT)
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
     def mibs(xs: list[float]) -> list[float]:
         return [MIB / x for x in xs]

@@ -3,27 +3,123 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def bench_instance() -> tuple[Path, dict[str, str], list[str]]:
-    """A throw-away COVE_HOME and DOCKER_CONFIG sharing the image cache: (folder, the
-    environment for `cove`, the `cove` command)."""
-    import os
-    import sys
-    import tempfile
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
-    base = Path(tempfile.mkdtemp(prefix="cove-bench-"))
-    env = {**os.environ, "COVE_HOME": str(base / "h"), "DOCKER_CONFIG": str(base / "d"),
-           "COVE_IMAGES": os.environ.get("COVE_IMAGES",
-                                         str(Path.home() / ".cove" / "images"))}
-    return base, env, [sys.executable, "-m", "desktop"]
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class BenchVM:
+    """One throw-away instance ("bench") for a suite, deleted with its folder on exit.
+
+    Its own COVE_HOME and DOCKER_CONFIG (so the user's instance and docker context are
+    never touched) sharing the image cache. `hostfwd` adds a QEMU user-networking forward
+    "tcp:127.0.0.1:HOST-:GUEST": the bare path that some figures are measured against.
+    """
+
+    name = "bench"
+
+    def __init__(self, hostfwd: str | None = None) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="cove-bench-"))
+        self.folder = self.base / "h" / self.name
+        self.env = {**os.environ, "COVE_HOME": str(self.base / "h"),
+                    "DOCKER_CONFIG": str(self.base / "d"),
+                    "COVE_IMAGES": os.environ.get("COVE_IMAGES",
+                                                  str(Path.home() / ".cove" / "images"))}
+        if hostfwd:
+            self.env["COVE_QEMU_HOSTFWD"] = hostfwd
+        self.cove = [sys.executable, "-m", "desktop"]
+        self.docker = ["docker", "--context", f"cove-{self.name}"]
+        self.status: dict = {}
+
+    def cli(self, command: str, *args: str, check: bool = True
+            ) -> subprocess.CompletedProcess:
+        """`cove COMMAND -i bench ARGS...`, output captured."""
+        return subprocess.run([*self.cove, command, "-i", self.name, *args], env=self.env,
+                              check=check, capture_output=True, text=True, cwd=ROOT)
+
+    def start(self, *args: str) -> dict:
+        """Start (without making the context current); returns `cove status --json`."""
+        self.cli("start", "--no-activate", *args)
+        self.status = json.loads(self.cli("status", "--json").stdout)
+        return self.status
+
+    def bare_relay(self, host_port: int, guest_port: int) -> dict[str, str]:
+        """Start a TCP-to-docker.sock relay in the VM (the agent's relay code, no host
+        side, no link, no authentication) on `guest_port`, reached through this VM's
+        `hostfwd` on `host_port`; returns the environment that makes `docker` use it."""
+        from desktop.demo import build_hello_image
+
+        build_hello_image(self.docker, "cove-hello", env=self.env)
+        subprocess.run([*self.docker, "run", "-d", "--name", "bare-relay", "--privileged",
+                        "--pid", "host", "cove-hello", "nsenter", "-t", "1", "-m", "-n",
+                        "python3", "-c", GUEST_RELAY.replace("GUEST_PORT", str(guest_port))],
+                       env=self.env, check=True, capture_output=True)
+        bare = {**self.env, "DOCKER_HOST": f"tcp://127.0.0.1:{host_port}"}
+        bare.pop("DOCKER_CONTEXT", None)
+        deadline = time.monotonic() + 120
+        while subprocess.run(["docker", "version"], env=bare,
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bare path's relay in the VM did not answer")
+            time.sleep(0.5)
+        return bare
+
+    def keep_logs(self, where: Path = Path("/tmp/cove-bench-logs")) -> None:
+        where.mkdir(exist_ok=True)
+        for log in ("backend.log", "serial.log", "events.log"):
+            if (self.folder / log).exists():
+                shutil.copy2(self.folder / log, where / log)
+
+    def delete(self) -> None:
+        self.cli("delete", "--force", check=False)
+
+    def __enter__(self) -> BenchVM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+# Runs in the VM (its own python3 and guest_engine, through nsenter into PID 1's
+# namespaces): accept on GUEST_PORT, relay each connection to the engine's socket.
+GUEST_RELAY = """
+import socket, threading
+from guest_engine import relay
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", GUEST_PORT))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    u = socket.socket(socket.AF_UNIX)
+    u.connect("/var/run/docker.sock")
+    threading.Thread(target=relay.pipe, args=(c, u), daemon=True).start()
+"""
 
 
 @dataclass
@@ -51,7 +147,7 @@ class Figure:
 
 def machine() -> dict[str, str]:
     return {"host": platform.node(), "kernel": platform.release(),
-            "python": platform.python_version(), "cpus": str(__import__("os").cpu_count()),
+            "python": platform.python_version(), "cpus": str(os.cpu_count()),
             "date": time.strftime("%Y-%m-%d")}
 
 

@@ -10,43 +10,32 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure, bench_instance
+from benchmarks.common import BenchVM, Figure, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run(runs: int) -> tuple[list[Figure], str]:
     import vm_image
 
-    base, env, cove = bench_instance()
-    docker = ["docker", "--context", "cove-bench"]
     image = vm_image.find_image("amd64")
     if image is None:
         raise RuntimeError("no guest image: run `make image` first")
     used, peak, after, total = [], [], [], 0.0
-    try:
-        subprocess.run([*cove, "start", "-i", "bench", "--no-activate", "--memory", "2G"],
-                       env=env, check=True, capture_output=True, cwd=ROOT)
-        st = json.loads(subprocess.run([*cove, "status", "-i", "bench", "--json"], env=env,
-                                       check=True, capture_output=True, cwd=ROOT).stdout)
+    with BenchVM() as vm:
+        docker, env = vm.docker, vm.env
+        st = vm.start("--memory", "2G")
         from desktop.control import ControlClient
         from desktop.demo import build_hello_image
 
-        ctl = ControlClient(base / "h" / "bench" / "control.sock")
+        ctl = ControlClient(vm.folder / "control.sock")
         time.sleep(10)  # the boot's tail settles
         for _ in range(runs):
             mem = ctl.request("agent_status")["memory"]
@@ -67,16 +56,12 @@ def run(runs: int) -> tuple[list[Figure], str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the container did not fill its 1 GiB")
                 time.sleep(1)
-            peak.append(_rss_mib(qemu))
+            peak.append(rss_mib(qemu))
             subprocess.run([*docker, "rm", "-f", name], env=env, check=True,
                            capture_output=True)
             time.sleep(30)
-            after.append(_rss_mib(qemu))
+            after.append(rss_mib(qemu))
         accel = st["accel"]
-    finally:
-        subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
-                       capture_output=True, cwd=ROOT)
-        shutil.rmtree(base, ignore_errors=True)
     root_mib = image.root.stat().st_size / MIB
     return [
         Figure("compressed root image", "MiB", [root_mib], "(no baseline: absolute)",

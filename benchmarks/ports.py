@@ -16,14 +16,12 @@ soon a published port answers after `docker run -d` returns and is released afte
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure, bench_instance
+from benchmarks.common import BenchVM, Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE_PORT = 19001
@@ -119,14 +117,9 @@ def _refused(port: int) -> bool:
 def run(runs: int) -> tuple[list[Figure], str]:
     from desktop.demo import build_hello_image
 
-    base, env, cove = bench_instance()
-    env["COVE_QEMU_HOSTFWD"] = f"tcp:127.0.0.1:{BARE_PORT}-:{PUBLISHED}"
-    docker = ["docker", "--context", "cove-bench"]
-    try:
-        subprocess.run([*cove, "start", "-i", "bench", "--no-activate"], env=env, check=True,
-                       capture_output=True, cwd=ROOT)
-        st = json.loads(subprocess.run([*cove, "status", "-i", "bench", "--json"], env=env,
-                                       check=True, capture_output=True, cwd=ROOT).stdout)
+    with BenchVM(hostfwd=f"tcp:127.0.0.1:{BARE_PORT}-:{PUBLISHED}") as vm:
+        docker, env = vm.docker, vm.env
+        st = vm.start()
         build_hello_image(docker, "cove-hello", env=env)
         subprocess.run([*docker, "run", "-d", "--name", "sink", "-p", f"{PUBLISHED}:5001",
                         *VM_PYTHON, SERVER], env=env, check=True, capture_output=True)
@@ -162,15 +155,7 @@ def run(runs: int) -> tuple[list[Figure], str]:
             _wait(lambda port=port: _refused(port), 30)
             release.append(time.perf_counter() - t2)
         accel = st["accel"]
-    finally:
-        keep = Path("/tmp/cove-bench-logs")
-        keep.mkdir(exist_ok=True)
-        for log in ("backend.log", "serial.log", "events.log"):
-            if (base / "h" / "bench" / log).exists():
-                shutil.copy2(base / "h" / "bench" / log, keep / log)
-        subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
-                       capture_output=True, cwd=ROOT)
-        shutil.rmtree(base, ignore_errors=True)
+        vm.keep_logs()
     return [
         Figure(f"upload {UPLOAD_MIB} MiB host -> container via published port", "MiB/s",
                cove_up, "QEMU hostfwd to the same guest port", bare_up,

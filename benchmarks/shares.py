@@ -16,13 +16,12 @@ reference. Operations:
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import Figure, bench_instance
+from benchmarks.common import BenchVM, Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ_MIB = 128
@@ -83,16 +82,18 @@ print(json.dumps(r))
 
 
 def run(runs: int) -> tuple[list[Figure], str]:
-    base, env, cove = bench_instance()
-    host = Path(tempfile.mkdtemp(prefix="cove-bench-shares-"))
+    with (tempfile.TemporaryDirectory(prefix="cove-bench-shares-") as tmp,
+          BenchVM() as bench):
+        return _run(runs, bench, Path(tmp))
+
+
+def _run(runs: int, bench: BenchVM, host: Path) -> tuple[list[Figure], str]:
     vfs, p9 = host / "vfs", host / "p9"
     vfs.mkdir()
     p9.mkdir()
     local = "/mnt/data/bench-local"
 
-    def cli(command: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*cove, command, "-i", "bench", *args], env=env, check=True,
-                              capture_output=True, text=True, cwd=ROOT)
+    cli = bench.cli
 
     def vm(op: str, folder: str) -> float:
         out = cli("shell", "python3", "-c", SCRIPT, op, folder, str(SEQ_MIB)).stdout
@@ -104,29 +105,22 @@ def run(runs: int) -> tuple[list[Figure], str]:
         return float(json.loads(out))
 
     figures: dict[str, dict[str, list[float]]] = {}
-    try:
-        cli("shares", "remove", str(Path.home()), "--no-restart")
-        cli("shares", "add", str(vfs), "--transport", "virtiofs", "--no-restart")
-        cli("shares", "add", str(p9), "--transport", "9p", "--no-restart")
-        cli("start", "--no-activate")
-        st = json.loads(cli("status", "--json").stdout)
-        cli("shell", "mkdir", "-p", local)
-        targets = {"virtiofs": str(vfs), "9p": str(p9), "VM disk": local}
-        for shared in (vfs, p9):
-            on_host("mktree", shared)
-        vm("mktree", local)
-        for _ in range(runs):
-            for name, folder in targets.items():
-                for op in ("write", "read", "tree"):
-                    figures.setdefault(op, {}).setdefault(name, []).append(vm(op, folder))
+    cli("shares", "remove", str(Path.home()), "--no-restart")
+    cli("shares", "add", str(vfs), "--transport", "virtiofs", "--no-restart")
+    cli("shares", "add", str(p9), "--transport", "9p", "--no-restart")
+    st = bench.start()
+    cli("shell", "mkdir", "-p", local)
+    targets = {"virtiofs": str(vfs), "9p": str(p9), "VM disk": local}
+    for shared in (vfs, p9):
+        on_host("mktree", shared)
+    vm("mktree", local)
+    for _ in range(runs):
+        for name, folder in targets.items():
             for op in ("write", "read", "tree"):
-                figures[op].setdefault("host", []).append(on_host(op, vfs))
-        accel = st["accel"]
-    finally:
-        subprocess.run([*cove, "delete", "-i", "bench", "--force"], env=env,
-                       capture_output=True, cwd=ROOT)
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.rmtree(host, ignore_errors=True)
+                figures.setdefault(op, {}).setdefault(name, []).append(vm(op, folder))
+        for op in ("write", "read", "tree"):
+            figures[op].setdefault("host", []).append(on_host(op, vfs))
+    accel = st["accel"]
     out = []
     for op, unit, better_high, label in (
             ("write", "MiB/s", True, f"sequential write {SEQ_MIB} MiB (+fsync)"),

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure
+from benchmarks.common import Figure, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 IDLE_SECONDS = 5.0
@@ -48,11 +48,6 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def measure(argv: list[str], home: Path) -> tuple[float, float]:

@@ -54,9 +54,19 @@ def _say(msg: str) -> None:
 
 
 def _apply_flags(inst: Instance, args: argparse.Namespace) -> bool:
-    """Fold --cpus/--memory/--disk into the settings; True if anything changed."""
+    """Fold --cpus/--memory/--disk/--arch into the settings; True if anything changed."""
     settings = inst.load_settings()
     before = settings.to_json()
+    arch = getattr(args, "arch", None)
+    if arch is not None and arch != settings.arch:
+        if inst.data_disk.exists():
+            # The engine's images and containers on the data disk are for one architecture.
+            raise SettingsError(
+                f"--arch: instance {inst.name!r} was created for {settings.arch}; its images "
+                f"and containers are {settings.arch}. Use another instance "
+                f"(cove start -i NAME --arch {arch}) or delete this one first (cove delete)"
+            )
+        settings.arch = arch
     if args.cpus is not None:
         settings.cpus = args.cpus
     if args.memory is not None:
@@ -569,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus", type=positive_int, help="virtual CPUs")
     s.add_argument("--memory", help="memory, e.g. 4G or 2048M")
     s.add_argument("--disk", help="data disk size, e.g. 64G (grow only)")
+    s.add_argument("--arch", choices=["amd64", "arm64"],
+                   help="the VM's architecture, for a new instance (default: this host's)")
     s.add_argument("--no-activate", action="store_true",
                    help="do not make the cove docker context current")
     add("stop", cmd_stop, "stop Cove (containers are stopped gracefully)")

@@ -58,6 +58,14 @@ def default_memory_mib() -> int:
     return max(1024, min(host_memory() // 2, 8 * GIB) // MIB)
 
 
+def default_arch() -> str:
+    """The guest architecture that runs fastest here: the host's own (Apple silicon and
+    ARM laptops get arm64); amd64 where the host is neither."""
+    import platform
+
+    return "arm64" if platform.machine().lower() in ("arm64", "aarch64") else "amd64"
+
+
 def default_cpus() -> int:
     return max(1, min(host_cpus(), 4))
 
@@ -156,7 +164,7 @@ class Settings:
     cpus: int = field(default_factory=default_cpus)
     memory_mib: int = field(default_factory=default_memory_mib)
     disk_gib: int = 64
-    arch: str = "amd64"
+    arch: str = field(default_factory=default_arch)
     engine_config: dict[str, Any] = field(default_factory=dict)
     expose_ports_on_all_interfaces: bool = False
     shares: list[Any] = field(default_factory=default_shares)

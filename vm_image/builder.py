@@ -124,7 +124,11 @@ def image_key(arch: recipe.Arch) -> str:
     h = hashlib.sha256(base_key(arch).encode())
     h.update(json.dumps([recipe.INITRAMFS_MODULES, recipe.SQUASHFS_COMPRESSION]).encode())
     _tree_digest(GUEST_ENGINE, h)
-    _tree_digest(HERE, h)
+    # What shapes the image's content: the recipe, this builder and the files it copies
+    # in; not the package's other modules (its CLI, the Hyper-V disk converter).
+    _tree_digest(HERE / "files", h)
+    for module in ("builder.py", "recipe.py"):
+        h.update((HERE / module).read_bytes())
     return f"{arch.name}-{h.hexdigest()[:16]}"
 
 
@@ -187,6 +191,8 @@ def build(
         )
     idir = images_dir(home)
     idir.mkdir(parents=True, exist_ok=True)
+    if not (find_base(a, idir) and not force):
+        enable_foreign_arch(a.name)
     base = _build_base(a, idir, force, say)
     key = image_key(a)
     final = idir / key
@@ -256,10 +262,53 @@ def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+# Debian's machine names for the user-mode emulators that run another arch's programs.
+QEMU_USER = {"amd64": "x86_64", "arm64": "aarch64"}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def enable_foreign_arch(arch: str, binfmt: Path = BINFMT,
+                        run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                        host: str | None = None) -> None:
+    """Make sure another architecture's packages can be installed (their maintainer
+    scripts run under qemu-user through binfmt_misc). Nothing to do for the host's own
+    arch; otherwise mount binfmt_misc and enable the emulator when they are not, or raise
+    BuildError saying what to install."""
+    import platform
+
+    machine = host or platform.machine().lower()
+    native = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+    if native.get(machine) == arch:
+        return
+    emulator = f"qemu-{QEMU_USER[arch]}"
+    if (binfmt / emulator).is_file():
+        return
+    if shutil.which("update-binfmts") is None or shutil.which(f"{emulator}-static") is None:
+        raise BuildError(
+            f"building the {arch} image on this {machine} host needs {arch} emulation: "
+            "apt-get install qemu-user-static binfmt-support arch-test"
+        )
+    if not (binfmt / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)],
+            capture_output=True)
+    run(["update-binfmts", "--enable", emulator], capture_output=True)
+    if not (binfmt / emulator).is_file():
+        raise BuildError(
+            f"{emulator} could not be enabled in binfmt_misc ({binfmt}); run "
+            f"`update-binfmts --enable {emulator}` as root (a container may need "
+            "--privileged for that)"
+        )
+
+
+def find_base(a: recipe.Arch, idir: Path) -> Path | None:
+    final = idir / f"base-{a.name}-{base_key(a)}"
+    return final if (final / "packages.json").is_file() else None
+
+
 def _build_base(a: recipe.Arch, idir: Path, force: bool, say: Callable[[str], None]) -> Path:
+    final = idir / f"base-{a.name}-{base_key(a)}"
     key = base_key(a)
-    final = idir / f"base-{a.name}-{key}"
-    if (final / "packages.json").is_file() and not force:
+    if find_base(a, idir) and not force:
         return final
     tmp = idir / f".base-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -369,3 +369,32 @@ def test_shares_with_invalid_settings_file(cove_home: Path,
     line = _one_error_line(capsys.readouterr().err)
     assert "'relative/path' is not an absolute path" in line
     assert json.loads(f.read_text()) == {"shares": ["relative/path"]}
+
+
+def test_start_arch_cannot_change_once_the_disk_exists(
+        cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inst = instance.Instance("default")
+    inst.save_settings(instance.Settings(arch="amd64"))
+    inst.data_disk.write_bytes(b"")  # images and containers for amd64 live here
+    assert cli.main(["start", "--arch", "arm64"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--arch" in line and "amd64" in line and "cove delete" in line
+    assert json.loads(_settings_file(cove_home).read_text())["arch"] == "amd64"
+
+
+def test_start_arch_is_kept_for_a_new_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    inst = instance.Instance("arm")
+    args = cli.build_parser().parse_args(["start", "-i", "arm", "--arch", "arm64"])
+    assert cli._apply_flags(inst, args) is True
+    assert inst.load_settings().arch == "arm64"
+
+
+@pytest.mark.parametrize(("machine", "arch"), [("x86_64", "amd64"), ("arm64", "arm64"),
+                                               ("aarch64", "arm64"), ("AMD64", "amd64")])
+def test_default_arch_follows_the_host(monkeypatch: pytest.MonkeyPatch, machine: str,
+                                       arch: str) -> None:
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert instance.default_arch() == arch
+    assert instance.Settings().arch == arch

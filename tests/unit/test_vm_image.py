@@ -279,6 +279,9 @@ def test_image_key_follows_the_agent_sources(sources_copy: Path) -> None:
     assert builder.image_key(arch) != key
     init.write_text(init.read_text().removesuffix("# changed\n"))
     assert builder.image_key(arch) == key
+    # Modules of the package that do not shape the image (a converter, the CLI) do not.
+    (builder.HERE / "unrelated_tool.py").write_text("# not in the image\n")
+    assert builder.image_key(arch) == key
     # A change in any agent file does.
     f = sources_copy / "protocol.py"
     original = f.read_text()
@@ -369,3 +372,57 @@ def test_cli_path_without_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["path", "--arch", "arm64"]) == 1
     err = capsys.readouterr().err
     assert "no arm64 image" in err and "cove image build" in err
+
+
+# -- building another architecture's image ---------------------------------------------
+
+
+def test_foreign_arch_nothing_to_do_for_the_hosts_own(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    builder.enable_foreign_arch("amd64", tmp_path, lambda c, **k: calls.append(c),
+                                host="x86_64")
+    builder.enable_foreign_arch("arm64", tmp_path, lambda c, **k: calls.append(c),
+                                host="aarch64")
+    assert calls == []
+
+
+def test_foreign_arch_already_enabled(tmp_path: Path) -> None:
+    (tmp_path / "qemu-aarch64").write_text("enabled\n")
+    calls: list[list[str]] = []
+    builder.enable_foreign_arch("arm64", tmp_path, lambda c, **k: calls.append(c),
+                                host="x86_64")
+    assert calls == []
+
+
+def test_foreign_arch_mounts_and_enables(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder.shutil, "which", lambda name: f"/usr/bin/{name}")
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], **kw: object) -> None:
+        calls.append(cmd)
+        if cmd[0] == "mount":
+            (tmp_path / "register").write_text("")
+        if cmd[0] == "update-binfmts":
+            (tmp_path / "qemu-aarch64").write_text("enabled\n")
+
+    builder.enable_foreign_arch("arm64", tmp_path, run, host="x86_64")  # type: ignore[arg-type]
+    assert calls == [["mount", "-t", "binfmt_misc", "binfmt_misc", str(tmp_path)],
+                     ["update-binfmts", "--enable", "qemu-aarch64"]]
+
+
+def test_foreign_arch_without_the_emulator_says_what_to_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder.shutil, "which", lambda name: None)
+    with pytest.raises(builder.BuildError, match="apt-get install qemu-user-static "
+                                                 "binfmt-support arch-test"):
+        builder.enable_foreign_arch("arm64", tmp_path, host="x86_64")
+
+
+def test_foreign_arch_that_cannot_be_enabled_says_how(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder.shutil, "which", lambda name: f"/usr/bin/{name}")
+    (tmp_path / "register").write_text("")
+    with pytest.raises(builder.BuildError, match="update-binfmts --enable qemu-aarch64"):
+        builder.enable_foreign_arch("arm64", tmp_path, lambda c, **k: None,
+                                    host="x86_64")  # type: ignore[arg-type,return-value]

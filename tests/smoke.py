@@ -1,0 +1,130 @@
+"""A smoke test of an installed or checked-out Cove on any host: `python -m tests.smoke`.
+
+Starts an instance (its own COVE_HOME and DOCKER_CONFIG unless given), checks the engine
+answers through Cove's socket with the docker CLI, builds a container image from the
+guest image's own static busybox (no registry needed), runs it, and deletes the
+instance. Used by the platform workflows (macOS, Windows) where the unit tests cannot
+boot anything, and runnable here.
+
+    python -m tests.smoke [--arch amd64|arm64] [--cove "cove"] [--keep]
+
+Exit status 0 when every step passed; each failure names the step and prints the
+instance's log tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ELF_MACHINE = {"amd64": 0x3E, "arm64": 0xB7}
+UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def busybox_from_initramfs(initramfs: Path) -> bytes:
+    """bin/busybox out of Cove's initramfs (a gzip'd newc cpio), with no cpio tool (the
+    format is simple: a 110-byte ASCII header, the name, the data, each 4-aligned)."""
+    data = io.BytesIO(gzip.decompress(initramfs.read_bytes()))
+    while True:
+        header = data.read(110)
+        if len(header) < 110 or header[:6] != b"070701":
+            raise ValueError(f"{initramfs}: not a newc cpio archive")
+        size, namesize = int(header[54:62], 16), int(header[94:102], 16)
+        name = data.read(namesize)[:-1].decode()
+        data.seek((-(110 + namesize)) % 4, os.SEEK_CUR)
+        body = data.read(size)
+        data.seek((-size) % 4, os.SEEK_CUR)
+        if name == "bin/busybox":
+            return body
+        if name == "TRAILER!!!":
+            raise ValueError(f"{initramfs}: no bin/busybox in it")
+
+
+class Smoke:
+    def __init__(self, cove: list[str], env: dict[str, str], instance: str) -> None:
+        self.cove_cmd, self.env, self.instance = cove, env, instance
+        self.context = "cove" if instance == "default" else f"cove-{instance}"
+
+    def run(self, step: str, argv: list[str], timeout: float = 900) -> str:
+        print(f"-- {step}: {shlex.join(argv)}", flush=True)
+        t0 = time.monotonic()
+        p = subprocess.run(argv, env=self.env, capture_output=True, text=True,
+                           timeout=timeout)
+        if p.returncode != 0:
+            raise SystemExit(f"FAILED: {step} (exit {p.returncode}, "
+                             f"{time.monotonic() - t0:.1f} s)\n{p.stdout}\n{p.stderr}")
+        print(f"   ok ({time.monotonic() - t0:.1f} s)", flush=True)
+        return p.stdout
+
+    def cove(self, step: str, *args: str, timeout: float = 900) -> str:
+        return self.run(step, [*self.cove_cmd, args[0], "-i", self.instance, *args[1:]],
+                        timeout)
+
+    def docker(self, step: str, *args: str, timeout: float = 600) -> str:
+        return self.run(step, ["docker", "--context", self.context, *args], timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.smoke")
+    p.add_argument("--arch", choices=sorted(ELF_MACHINE), default=None)
+    p.add_argument("--cove", default=f"{shlex.quote(sys.executable)} -m desktop",
+                   help="how to run cove (default: this checkout)")
+    p.add_argument("--instance", default="smoke")
+    p.add_argument("--keep", action="store_true", help="leave the instance running")
+    args = p.parse_args(argv)
+
+    from desktop.instance import default_arch
+
+    arch = args.arch or default_arch()
+    tmp = Path(tempfile.mkdtemp(prefix="cove-smoke-"))
+    env = {**os.environ}
+    env.setdefault("COVE_HOME", str(tmp / "home"))
+    env.setdefault("DOCKER_CONFIG", str(tmp / "docker"))
+    env.pop("DOCKER_HOST", None)
+    env.pop("DOCKER_CONTEXT", None)
+    s = Smoke(shlex.split(args.cove), env, args.instance)
+    print(s.run("version", [*s.cove_cmd, "version"]).strip())
+    try:
+        s.cove("start", "start", "--arch", arch, "--no-activate")
+        print(s.cove("status", "status").strip())
+        server = s.docker("engine through Cove's socket", "version", "--format",
+                          "{{.Server.Os}}/{{.Server.Arch}}").strip()
+        if server != f"linux/{arch}":
+            raise SystemExit(f"FAILED: the engine reports {server}, expected linux/{arch}")
+        import vm_image
+
+        os.environ["COVE_HOME"] = env["COVE_HOME"]
+        image = vm_image.find_image(arch) or vm_image.latest_image(arch)
+        if image is None:
+            raise SystemExit(f"FAILED: no {arch} guest image found after a start")
+        busybox = busybox_from_initramfs(image.initramfs)
+        if busybox[18] != ELF_MACHINE[arch]:
+            raise SystemExit(f"FAILED: the initramfs's busybox is not {arch}")
+        ctx = tmp / "ctx"
+        ctx.mkdir()
+        (ctx / "busybox").write_bytes(busybox)
+        (ctx / "Dockerfile").write_text(
+            "FROM scratch\nCOPY busybox /bin/busybox\n"
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n')
+        s.docker("build an image", "build", "-q", "-t", "cove-smoke", str(ctx))
+        out = s.docker("run a container", "run", "--rm", "cove-smoke", "uname", "-m").strip()
+        if out != UNAME[arch]:
+            raise SystemExit(f"FAILED: the container says {out!r}, expected {UNAME[arch]}")
+        print(f"smoke test passed: a {arch} container ran through Cove's socket")
+        return 0
+    finally:
+        if not args.keep:
+            subprocess.run([*s.cove_cmd, "delete", "-i", args.instance, "--force"], env=env,
+                           capture_output=True, timeout=600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
