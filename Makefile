@@ -13,7 +13,8 @@ APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap squashfs-t
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
 	libxcb-xinerama0 libxcb-image0 libdbus-1-3 libfontconfig1
 
-.PHONY: run test deps venv image lint typecheck unit integration ui bench clean screenshots
+.PHONY: run test deps venv image lint typecheck unit integration ui bench clean screenshots \
+	package
 
 run: deps venv image
 	$(BIN)/python -m desktop.demo
@@ -38,7 +39,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,package,bench]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -49,7 +50,7 @@ image: venv
 	$(BIN)/python -m vm_image build --arch arm64
 
 lint: venv
-	$(BIN)/ruff check desktop guest_engine vm_image tests benchmarks
+	$(BIN)/ruff check desktop guest_engine vm_image tests benchmarks installers
 
 typecheck: venv
 	$(BIN)/mypy
@@ -60,8 +61,16 @@ unit: venv
 integration: venv image
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
+# The .deb (installers/linux): build/package/cove_<version>_<arch>.deb, with the guest
+# image inside. VERSION=... overrides desktop.__version__ (the upgrade test builds N, N+1).
+package: deps venv image
+	$(BIN)/python installers/linux/package.py $(if $(VERSION),--version $(VERSION))
+
+# Every figure (5 runs each; the tray's under Xvfb), then where an API request's host
+# time goes (py-spy): benchmarks/results/latest.md, profile-api.txt and .svg.
 bench: deps venv image
-	$(BIN)/python -m benchmarks
+	xvfb-run -a $(BIN)/python -m benchmarks --runs 5
+	$(BIN)/python -m benchmarks.profile
 
 screenshots: venv
 	xvfb-run -a $(BIN)/python -m desktop.tray.screenshots docs/screenshots

@@ -8,6 +8,9 @@ Round trips, all in one run on one booted instance, the paths interleaved:
 * bare (a benchmark-only configuration): the same requests over a QEMU user-networking
   forward straight to a TCP-to-docker.sock relay in the VM (no host side, no link, no
   authentication);
+* link: the same requests on a `docker` stream of the guest link opened by the benchmark
+  itself (Cove's path without the host relay): splits Cove's cost between the host and
+  the guest;
 * floor: a 1-byte echo over a new link stream (no relay on either side and no dockerd):
   the lowest-level exchange the link can do.
 
@@ -50,6 +53,13 @@ def _via_tcp(port: int, url: str) -> float:
     return time.perf_counter() - t0
 
 
+def _via_link(link: object, url: str) -> float:
+    t0 = time.perf_counter()
+    with link.open("docker") as s:  # type: ignore[attr-defined]
+        _request(s, url)
+    return time.perf_counter() - t0
+
+
 def _echo(link: object) -> float:
     t0 = time.perf_counter()
     s = link.open("echo")  # type: ignore[attr-defined]
@@ -82,6 +92,7 @@ def run(runs: int, idle_seconds: float = 60) -> tuple[list[Figure], str]:
             for url in ("/_ping", "/containers/json"):
                 s.setdefault(f"cove {url}", []).append(_via_unix(sock, url) * 1000)
                 s.setdefault(f"bare {url}", []).append(_via_tcp(BARE_PORT, url) * 1000)
+                s.setdefault(f"link {url}", []).append(_via_link(link, url) * 1000)
             s.setdefault("echo", []).append(_echo(link) * 1000)
         # Idle: with no containers (the bare relay's container goes first).
         subprocess.run([*vm.docker, "rm", "-f", "bare-relay"], env=vm.env,
@@ -103,6 +114,9 @@ def run(runs: int, idle_seconds: float = 60) -> tuple[list[Figure], str]:
             Figure(f"API round trip: GET {url} via docker.sock", "ms", s[f"cove {url}"],
                    "the same over bare hostfwd to a relay in the VM", s[f"bare {url}"],
                    target="<= 1.5x"),
+            Figure(f"API round trip: GET {url} on a link stream, no host relay", "ms",
+                   s[f"link {url}"], "the same over bare hostfwd to a relay in the VM",
+                   s[f"bare {url}"]),
             Figure(f"API round trip: GET {url} via docker.sock (against the link's floor)",
                    "ms", s[f"cove {url}"], "1-byte echo on a new link stream", s["echo"]),
         ]

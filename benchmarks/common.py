@@ -57,9 +57,16 @@ class BenchVM:
 
     def cli(self, command: str, *args: str, check: bool = True
             ) -> subprocess.CompletedProcess:
-        """`cove COMMAND -i bench ARGS...`, output captured."""
-        return subprocess.run([*self.cove, command, "-i", self.name, *args], env=self.env,
-                              check=check, capture_output=True, text=True, cwd=ROOT)
+        """`cove COMMAND -i bench ARGS...`, output captured; RuntimeError with cove's
+        output and the backend log's tail when it fails and `check` is set."""
+        proc = subprocess.run([*self.cove, command, "-i", self.name, *args], env=self.env,
+                              capture_output=True, text=True, cwd=ROOT)
+        if check and proc.returncode != 0:
+            log = self.folder / "backend.log"
+            tail = log.read_text().splitlines()[-15:] if log.exists() else []
+            raise RuntimeError(f"cove {command} failed ({proc.returncode}):\n{proc.stdout}"
+                               f"{proc.stderr}" + "\n".join(tail))
+        return proc
 
     def start(self, *args: str) -> dict:
         """Start (without making the context current); returns `cove status --json`."""

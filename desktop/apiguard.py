@@ -15,8 +15,15 @@ known, byte for byte. Upgrades (attach, exec, BuildKit sessions) and anything th
 module does not understand switch that direction to a raw copy for the rest of the
 connection: Cove never breaks a connection because of the guard.
 
-The policy is a set of pure functions (`bind_sources`, `outside_shares`, `refusal`) that
-`make_check` puts together.
+On Windows, shared folders appear in the VM under /mnt/host (`desktop.platform.paths`),
+so a creation whose binds name Windows paths (``C:\\Users\\me\\src:/src``,
+``c:/Users/me/src:/src``, ``//c/Users/me/src:/src``, or a bind mount's Source) is
+rewritten to the VM's paths before the engine sees it (the request's Content-Length
+follows), and one that names a path outside every share is refused as above. Which
+rules apply is decided by the path style passed to `make_check`, not by the platform.
+
+The policy is a set of pure functions (`bind_sources`, `outside_shares`, `refusal`,
+`windows_binds`) that `make_check` puts together.
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from desktop.instance import VM_RESERVED
+from desktop.platform.endpoints import Stream
+from desktop.platform.paths import HOST_PATHS, HostPaths, WindowsPaths
 from guest_engine import relay
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[str, str, bytes], str | None]
+# A check returns None to pass a request, a message (str) to refuse it, or a new body
+# (bytes) to send to the engine instead.
+Check = Callable[[str, str, bytes], str | bytes | None]
 
 # The engine's own socket, mounted for docker-in-docker: it exists in the VM and is the
 # engine Cove runs, which is what such a container wants.
@@ -82,15 +93,20 @@ def bind_sources(create_body: dict) -> list[str]:
         for b in binds:
             if isinstance(b, str) and b.startswith("/"):
                 found.append(b.split(":", 1)[0])
-    mounts = hc.get("Mounts")
-    if isinstance(mounts, list):
-        for m in mounts:
-            if not isinstance(m, dict) or str(m.get("Type", "")).lower() != "bind":
-                continue
-            src = m.get("Source")
-            if isinstance(src, str) and src.startswith("/"):
-                found.append(src)
+    for m in _bind_mounts(hc):
+        src = m.get("Source")
+        if isinstance(src, str) and src.startswith("/"):
+            found.append(src)
     return list(dict.fromkeys(found))
+
+
+def _bind_mounts(hc: dict) -> list[dict]:
+    """The ``HostConfig.Mounts`` entries of Type "bind" (the dicts themselves)."""
+    mounts = hc.get("Mounts")
+    if not isinstance(mounts, list):
+        return []
+    return [m for m in mounts
+            if isinstance(m, dict) and str(m.get("Type", "")).lower() == "bind"]
 
 
 def outside_shares(sources: list[str], shares: list[str],
@@ -144,15 +160,68 @@ def suggested_share(path: str, is_file: Callable[[str], bool] = os.path.isfile) 
     return None
 
 
-def refusal(outside: list[str], shares: list[str]) -> str:
-    """The error the docker client shows for a creation that binds `outside` paths."""
+def windows_binds(create_body: dict, shares: list[str],
+                  paths: WindowsPaths) -> tuple[list[str], list[str]]:
+    """Rewrite, in `create_body`, the Windows sources of its bind mounts to their paths in
+    the VM; return (the host folders it binds, those of them outside every share), both
+    normalized, in order, without duplicates. Sources outside the shares stay as they
+    were (the creation is to be refused); other binds (named volumes, paths of the VM
+    such as /var/run/docker.sock) are left alone.
+    """
+    hc = create_body.get("HostConfig") if isinstance(create_body, dict) else None
+    if not isinstance(hc, dict):
+        return [], []
+    roots = []
+    for sh in shares:
+        try:
+            roots.append(paths.normalize(sh))
+        except ValueError:
+            continue
+    found: list[str] = []
+    outside: list[str] = []
+
+    def vm(source: str) -> str | None:
+        try:
+            host = paths.normalize(source)
+        except ValueError:
+            return None  # not a Windows path Cove can place: the engine answers it
+        found.append(host)
+        target = paths.translate(host, roots)
+        if target is None:
+            outside.append(host)
+        return target
+
+    binds = hc.get("Binds")
+    if isinstance(binds, list):
+        for i, b in enumerate(binds):
+            split = paths.split_bind(b) if isinstance(b, str) else None
+            if split is not None and (target := vm(split[0])) is not None:
+                binds[i] = target + split[1]
+    for m in _bind_mounts(hc):
+        src = m.get("Source")
+        if isinstance(src, str) and not src.startswith("/") and (target := vm(src)) is not None:
+            m["Source"] = target
+    return list(dict.fromkeys(found)), list(dict.fromkeys(outside))
+
+
+def refusal(outside: list[str], shares: list[str], paths: HostPaths | None = None,
+            is_file: Callable[[str], bool] = os.path.isfile) -> str:
+    """The error the docker client shows for a creation that binds `outside` paths
+    (written as `paths` writes them; Linux and macOS paths when None)."""
     first = outside[0]
     more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
     shared = (f"shared folders: {', '.join(shares)}" if shares
               else "no folder is shared with the VM")
     what = (f"bind mount source {first}{more} is not in a folder Cove shares with its VM, "
             f"so the container would get an empty folder from the VM instead ({shared})")
-    folder = suggested_share(first)
+    if isinstance(paths, WindowsPaths):
+        folder = paths.suggested_share(first, is_file)
+        if folder is None:
+            return (f"{what}. A whole drive cannot be shared: move the files into a "
+                    "shared folder, or share a folder with `cove shares add PATH` (or "
+                    "Settings > Shared folders in the tray) and restart Cove")
+    else:
+        folder = suggested_share(first, is_file)
     if folder is None:
         vm = _reserved(first)
         why = (f"{vm} is one of the VM's own folders and cannot be shared" if vm
@@ -166,20 +235,42 @@ def refusal(outside: list[str], shares: list[str]) -> str:
 
 
 def make_check(shares: Callable[[], list[str]],
-               on_binds: Callable[[list[str]], None] | None = None) -> Check:
+               on_binds: Callable[[list[str]], None] | None = None,
+               paths: HostPaths = HOST_PATHS,
+               is_file: Callable[[str], bool] = os.path.isfile) -> Check:
     """A `check` for `guarded_pipe`: refuses creations that bind paths outside `shares()`.
 
     A body that is not a JSON object passes (the engine answers it). When the creation
     passes and binds host folders, `on_binds` gets those (normalized, the VM's socket
-    left out); its errors are logged, never raised into the relay.
+    left out); its errors are logged, never raised into the relay. With Windows `paths`,
+    a creation that binds shared Windows folders gets its body rewritten to the VM's
+    paths (the check returns the new body).
     """
-    def check(method: str, path: str, body: bytes) -> str | None:
+    def report(folders: list[str]) -> None:
+        if on_binds is not None and folders:
+            try:
+                on_binds(folders)
+            except Exception:
+                log.exception("on_binds failed for %s", folders)
+
+    def check(method: str, path: str, body: bytes) -> str | bytes | None:
         try:
             doc = json.loads(body)
         except ValueError:  # includes UnicodeDecodeError
             return None
         if not isinstance(doc, dict):
             return None
+        if isinstance(paths, WindowsPaths):
+            current = list(shares())
+            found, outside = windows_binds(doc, current, paths)
+            if outside:
+                log.info("refused %s %s: binds %s outside the shares", method, path,
+                         ", ".join(outside))
+                return refusal(outside, current, paths, is_file)
+            if not found:
+                return None
+            report(found)
+            return json.dumps(doc).encode()
         sources = bind_sources(doc)
         if not sources:
             return None
@@ -188,14 +279,8 @@ def make_check(shares: Callable[[], list[str]],
         if outside:
             log.info("refused %s %s: binds %s outside the shares", method, path,
                      ", ".join(outside))
-            return refusal(outside, current)
-        if on_binds is not None:
-            inside = _host_folders(sources)
-            if inside:
-                try:
-                    on_binds(inside)
-                except Exception:
-                    log.exception("on_binds failed for %s", inside)
+            return refusal(outside, current, is_file=is_file)
+        report(_host_folders(sources))
         return None
 
     return check
@@ -273,6 +358,15 @@ def _starts_like_request(start: bytearray) -> bool:
     return space > 0 and _METHOD.fullmatch(start, 0, space) is not None
 
 
+def _with_length(head: bytes, length: int) -> bytes:
+    """`head` (through its blank line) with its Content-Length set to `length`."""
+    lines = head[:-4].split(b"\r\n")
+    for i, line in enumerate(lines):
+        if line.partition(b":")[0].strip().lower() == b"content-length":
+            lines[i] = b"Content-Length: %d" % length
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
 def _refusal_response(message: str, close: bool) -> bytes:
     body = json.dumps({"message": message}).encode() + b"\n"
     head = ("HTTP/1.1 400 Bad Request\r\n"
@@ -290,7 +384,7 @@ class _ClientToEngine:
     to the raw copy (`_Raw`, from anywhere) loses nothing.
     """
 
-    def __init__(self, client: socket.socket, engine: socket.socket, check: Check,
+    def __init__(self, client: Stream, engine: Stream, check: Check,
                  on_binds: Callable[[list[str]], None] | None, lock: threading.Lock) -> None:
         self.client = client
         self.engine = engine
@@ -436,10 +530,17 @@ class _ClientToEngine:
         except Exception:
             log.exception("checking %s %s failed; forwarding it", req.method, req.target)
             message = None
-        if message is not None:
+        if isinstance(message, str):
             del self.buf[:total]  # the engine never sees it
             self._to_client(_refusal_response(message, req.close))
             return not req.close
+        if isinstance(message, bytes):  # the same request with a rewritten body
+            head = _with_length(bytes(self.buf[:head_len]), len(message))
+            del self.buf[:total]
+            self.engine.sendall(head + message)
+            if self.on_binds is not None:
+                self._report_binds(message)
+            return True
         self._forward(total)
         if self.on_binds is not None:
             self._report_binds(body)
@@ -460,7 +561,7 @@ class _ClientToEngine:
             self.client.sendall(data)
 
 
-def guarded_pipe(client: socket.socket, engine: socket.socket, check: Check,
+def guarded_pipe(client: Stream, engine: Stream, check: Check,
                  on_binds: Callable[[list[str]], None] | None = None) -> None:
     """Relay between a docker client and the engine until both directions end, then close
     both, as `guest_engine.relay.pipe` does; container creations pass `check` first.
@@ -468,9 +569,11 @@ def guarded_pipe(client: socket.socket, engine: socket.socket, check: Check,
     `check(method, target, body)` gets each ``POST /containers/create`` (any API version
     prefix, any query) whose Content-Length body is at most 32 MiB; a message it returns
     is answered to the client as a 400 with ``{"message": ...}`` and the request is never
-    sent to the engine. An exception in `check` lets the request through. `on_binds`, if
-    given, gets the host folders each creation sent to the engine binds (normalized, the
-    VM's docker.sock left out), as `make_check`'s does; pass it to one of them only.
+    sent to the engine; bytes it returns are sent as the request's body instead (with
+    the Content-Length changed to match). An exception in `check` lets the request
+    through. `on_binds`, if given, gets the host folders each creation sent to the engine
+    binds (normalized, the VM's docker.sock left out), as `make_check`'s does; pass it to
+    one of them only.
     Blocks the calling thread; the engine->client direction runs on a helper thread.
 
     Writes to the client are serialized, so a refusal never lands inside an engine

@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
-from desktop import apiguard, context, drivers, filewatch, pidfile, ssh
+from desktop import apiguard, context, drivers, engines, filewatch, pidfile, ssh
 from desktop.control import ControlError
 from desktop.drivers import Driver, DriverError, SharedFolder, VMSpec
 from desktop.drivers.qemu import free_port
 from desktop.instance import Instance, Settings, SettingsError, parse_shares, remove_socket
 from desktop.link import AgentError, ControlChannel, Link, LinkError
+from desktop.platform import endpoints, winpipe
+from desktop.platform.endpoints import Listener, Stream
 from desktop.portfwd import PortForwarder
+from guest_engine import relay
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +58,13 @@ def kernel_crashed(serial: str) -> bool:
     return any(s in serial for s in ("Kernel panic", "Oops:", "BUG:", "general protection"))
 
 
-def _listen_unix(path: Path) -> socket.socket:
-    remove_socket(path)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
-    try:
-        s.bind(str(path))
-    finally:
-        os.umask(old)
-    s.listen(64)
-    return s
-
-
 class _Subscriber:
     """One events client, fed by its own thread from a bounded queue, so a client that
     stops reading is dropped instead of stalling the backend."""
 
     MAX_QUEUED = 1000
 
-    def __init__(self, sock: socket.socket, on_gone: Any) -> None:
+    def __init__(self, sock: Stream, on_gone: Any) -> None:
         self.sock = sock
         self.queue: queue.Queue[bytes | None] = queue.Queue(self.MAX_QUEUED)
         self.on_gone = on_gone
@@ -131,7 +122,7 @@ class EventLog:
         log.info("event %s", line)
         return ev
 
-    def subscribe(self, s: socket.socket, history: bool) -> _Subscriber:
+    def subscribe(self, s: Stream, history: bool) -> _Subscriber:
         with self._lock:
             sub = _Subscriber(s, self._drop)
             if history:
@@ -175,11 +166,15 @@ class Backend:
         self.engine_ready_at: float | None = None
         self.guest_ports: list[dict[str, Any]] = []
         self.forwarder: PortForwarder | None = None
+        # The docker_engine pipe (Windows, when Cove serves it): "" forwards to the VM,
+        # else the DOCKER_HOST URL of the engine it forwards to (Windows containers).
+        self.docker_engine_served = False
+        self.docker_engine_target = ""
         self._engine_up = threading.Event()
         self._stop = threading.Event()
         self._stop_reason = ""
         self._failed = False
-        self._listeners: list[socket.socket] = []
+        self._listeners: list[Listener] = []
         self._last_time_push = 0.0
         self._clock_offset_ns = 0  # a simulated jump of the host's clock (tests)
         self.shares: list[SharedFolder] = []  # what this boot shares (settings may differ)
@@ -202,7 +197,7 @@ class Backend:
         return {
             "state": self.state,
             "instance": self.inst.name,
-            "docker_host": f"unix://{self.inst.docker_socket}",
+            "docker_host": endpoints.docker_host(self.inst),
             "context": self.inst.context_name,
             "engine_version": self.engine_version,
             "agent_version": self.agent_hello.get("agent_version", ""),
@@ -226,6 +221,7 @@ class Backend:
             "ports": self.forwarder.snapshot() if self.forwarder else [],
             "shares": [{"path": sh.path, "transport": sh.transport} for sh in self.shares],
             "shares_pending": self.shares_pending(),
+            "docker_engine": self._docker_engine_status(),
         }
 
     def shares_pending(self) -> bool:
@@ -256,9 +252,10 @@ class Backend:
         pidfile.write(inst.pid_file)
         code = 0
         try:
-            self._serve_unix(inst.control_socket, self._handle_control, "control")
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, lambda *_: self.request_stop("signal"))
+            self._serve(endpoints.listen_control(inst), self._handle_control, "control")
+            for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+                if sig is not None:  # Windows has no SIGHUP
+                    signal.signal(sig, lambda *_: self.request_stop("signal"))
             self.started_at = time.time()
             try:
                 self._boot()
@@ -272,12 +269,8 @@ class Backend:
             self._shutdown()
             self.set_state("stopped")
             self.events.close()
-            for s in self._listeners:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-                except OSError:
-                    pass
-                s.close()
+            for listener in self._listeners:
+                listener.close()  # wakes the thread blocked in accept()
             for p in (inst.control_socket, inst.docker_socket):
                 try:
                     remove_socket(p)
@@ -294,10 +287,7 @@ class Backend:
         remove_socket(inst.docker_socket)
         image = self.image or vm_image.find_image(s.arch)
         if image is None:
-            raise StartError(
-                f"no guest image for {s.arch} matches this version of Cove; "
-                f"build it with `cove image build --arch {s.arch}` (as root)"
-            )
+            raise StartError(vm_image.builder.missing_image_message(s.arch))
         if self.driver is None:
             self.driver = drivers.pick(arch=s.arch, accel_cache=inst.home / "accel.json")
         shares, notes = self.driver.resolve_shares(parse_shares(s.shares))
@@ -327,8 +317,7 @@ class Backend:
         for attempt in (1, 2):
             self.set_state("starting", step="vm", image=image.key, attempt=attempt)
             self.driver.start(self.spec)
-            host, port = self.driver.link_address()
-            self.link = Link(host, port, token)
+            self.link = self._make_link(token)
             self.channel = ControlChannel(self.link, self._on_agent_event,
                                           self._on_link_state)
             self.set_state("starting", step="agent", accel=self.driver.accel,
@@ -355,7 +344,19 @@ class Backend:
             if not self._vm_alive() or time.monotonic() > deadline:
                 raise StartError("the engine did not start " + self._why_not_up())
         self._push_time()
-        self._serve_unix(inst.docker_socket, self._forward_docker, "docker")
+        def skipped(note: str) -> None:  # docker_engine held by Docker Desktop, say
+            self.events.emit("endpoint_skipped", message=note)
+
+        try:
+            engine_listeners = endpoints.listen_engine(inst, s.docker_engine_pipe, skipped)
+        except OSError as e:
+            raise StartError(f"cannot serve the engine API: {e}") from e
+        for listener in engine_listeners:
+            if getattr(listener, "name", None) == winpipe.DOCKER_ENGINE:
+                self.docker_engine_served = True
+                self._serve(listener, self._forward_docker_engine, "docker_engine")
+            else:
+                self._serve(listener, self._forward_docker, "docker")
         link = self.link
         assert link is not None
         self.forwarder = PortForwarder(lambda op, port: link.open(op, port), self.events.emit,
@@ -365,6 +366,16 @@ class Backend:
         self.running_at = time.time()
         self.set_state("running", engine_version=self.engine_version,
                        seconds=round(self.running_at - (self.started_at or 0), 1))
+
+    def _make_link(self, token: str) -> Link:
+        """The guest link: the driver's own where it has one (Hyper-V: hvsock, which also
+        carries the boot config), else TCP to the address the driver forwards."""
+        assert self.driver is not None
+        make = getattr(self.driver, "make_link", None)
+        if make is not None:
+            return make(token)
+        host, port = self.driver.link_address()
+        return Link(host, port, token)
 
     def _why_not_up(self) -> str:
         if not self._vm_alive():
@@ -516,21 +527,22 @@ class Backend:
 
     # -- sockets ---------------------------------------------------------------------
 
-    def _serve_unix(self, path: Path, handler: Any, name: str) -> None:
-        s = _listen_unix(path)
-        self._listeners.append(s)
+    def _serve(self, listener: Listener, handler: Any, name: str) -> None:
+        """Accept on `listener` (a socket, or a named pipe on Windows) on a thread of its
+        own, each connection handled on a new thread; run() closes it."""
+        self._listeners.append(listener)
 
         def loop() -> None:
             while True:
                 try:
-                    conn, _ = s.accept()
+                    conn, _ = listener.accept()
                 except OSError:
                     return
                 threading.Thread(target=handler, args=(conn,), daemon=True).start()
 
         threading.Thread(target=loop, daemon=True, name=f"{name}-accept").start()
 
-    def _forward_docker(self, conn: socket.socket) -> None:
+    def _forward_docker(self, conn: Stream) -> None:
         assert self.link is not None
         try:
             up = self.link.open("docker")
@@ -539,6 +551,37 @@ class Backend:
             conn.close()
             return
         apiguard.guarded_pipe(conn, up, self._bind_check)
+
+    def _forward_docker_engine(self, conn: Stream) -> None:
+        """The docker_engine pipe: to the VM, or while Windows containers are active to
+        their engine (unguarded: that engine reads Windows paths itself)."""
+        target = self.docker_engine_target
+        if not target:
+            self._forward_docker(conn)
+            return
+        try:
+            up = endpoints.connect_url(target, 10)
+        except OSError as e:
+            log.warning("docker_engine: cannot reach %s: %s", target, e)
+            conn.close()
+            return
+        relay.pipe(conn, up)
+
+    def set_docker_engine_target(self, endpoint: str) -> dict[str, Any]:
+        """Where docker_engine forwards new connections ("" or this instance's own
+        address: the VM); open connections finish where they are."""
+        if endpoint == endpoints.docker_host(self.inst):
+            endpoint = ""
+        if endpoint and not endpoint.startswith(("npipe://", "unix://")):
+            raise ControlError(f"docker_engine_target: {endpoint!r} is not an engine "
+                               "address (npipe:////./pipe/NAME or unix:///path)")
+        self.docker_engine_target = endpoint
+        log.info("docker_engine now forwards to %s", endpoint or "the VM")
+        return self._docker_engine_status()
+
+    def _docker_engine_status(self) -> dict[str, Any]:
+        return {"served": self.docker_engine_served,
+                "target": self.docker_engine_target or endpoints.docker_host(self.inst)}
 
     # -- change notifications ------------------------------------------------------------
 
@@ -573,12 +616,22 @@ class Backend:
 
     def _activate_context(self) -> None:
         inst = self.inst
-        context.create(inst.context_name, f"unix://{inst.docker_socket}",
-                       f"Cove ({inst.name})")
+        try:
+            mode = engines.load_mode(inst.home)
+        except engines.EngineStateError as e:
+            log.warning("%s; the Linux engine is assumed", e)
+            mode = "linux"
+        if mode == "windows":
+            # Switched to Windows containers: the context stays on that engine (the VM
+            # still runs, for `cove engine use linux` to switch back at once).
+            log.info("Windows containers are active: the %s context is left on them",
+                     inst.context_name)
+            return
+        context.create(inst.context_name, endpoints.docker_host(inst), f"Cove ({inst.name})")
         if not (inst.folder / "no-activate").exists():
             context.use(inst.context_name, remember=inst.folder / "previous-context")
 
-    def _handle_control(self, conn: socket.socket) -> None:
+    def _handle_control(self, conn: Any) -> None:
         rfile = conn.makefile("rb")
         try:
             line = rfile.readline()
@@ -638,6 +691,8 @@ class Backend:
             return self.forwarder.snapshot() if self.forwarder else []
         if op == "clock_offset":
             return self.simulate_clock_jump(float(req.get("seconds", 0)))
+        if op == "docker_engine_target":
+            return self.set_docker_engine_target(str(req.get("endpoint") or ""))
         raise ControlError(f"unknown op {op!r}")
 
 

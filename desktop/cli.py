@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from desktop import __version__, context, pidfile
+from desktop import __version__, context, engines, pidfile
 from desktop.control import ControlClient, ControlError
 from desktop.instance import (
     DEFAULT_INSTANCE,
@@ -28,6 +28,7 @@ from desktop.instance import (
     parse_shares,
     parse_size,
 )
+from desktop.platform import endpoints
 
 
 class CliError(Exception):
@@ -87,14 +88,13 @@ def _apply_flags(inst: Instance, args: argparse.Namespace) -> bool:
 
 def _ensure_image(arch: str) -> None:
     import vm_image
+    from vm_image import builder
 
     if vm_image.find_image(arch) is not None:
         return
-    if os.geteuid() != 0:
-        raise CliError(
-            f"the {arch} guest image is not built yet; build it once as root: "
-            f"sudo cove image build --arch {arch}"
-        )
+    if builder.is_packaged() or os.geteuid() != 0:
+        # A packaged Cove ships its image (and never builds one); from source, root builds.
+        raise CliError(builder.missing_image_message(arch))
     _say(f"building the {arch} guest image (once; a few minutes)")
     try:
         vm_image.build(arch, progress=lambda m: _say(f"  image: {m}"))
@@ -283,7 +283,7 @@ def status_of(inst: Instance) -> dict[str, Any]:
             pass
     s = inst.load_settings()
     return {"state": "stopped", "instance": inst.name,
-            "docker_host": f"unix://{inst.docker_socket}", "context": inst.context_name,
+            "docker_host": endpoints.docker_host(inst), "context": inst.context_name,
             "engine_version": "", "cpus": s.cpus, "memory": s.memory_mib * MIB,
             "disk": s.disk_gib * GIB, "arch": s.arch, "accel": "", "uptime": 0}
 
@@ -291,13 +291,15 @@ def status_of(inst: Instance) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     inst = _instance(args)
     st = status_of(inst)
+    engine, engine_text = _engine_mode(inst)
     if args.json:
-        print(json.dumps(st, indent=2))
+        print(json.dumps({**st, "engine": engine}, indent=2))
         return 0
     print(f"Cove ({st['instance']}): {st['state']}")
     if st.get("reason"):
         print(f"  reason:  {st['reason'].splitlines()[0]}")
-    rows = [("engine", st.get("engine_version") or "-"), ("docker", st["docker_host"]),
+    rows = [("engine", engine_text), ("version", st.get("engine_version") or "-"),
+            ("docker", st["docker_host"]),
             ("context", st["context"]), ("cpus", st["cpus"]),
             ("memory", f"{st['memory'] / GIB:.1f} GiB"), ("disk", f"{st['disk'] / GIB:.0f} GiB"),
             ("accel", st.get("accel") or "-"), ("uptime", f"{st.get('uptime', 0):.0f} s")]
@@ -308,6 +310,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  port {p['host_port']}/{p['proto']} ({p['container'] or 'host network'})"
                   f": {p['reason']}")
     return 0
+
+
+def _engine_mode(inst: Instance) -> tuple[str, str]:
+    """The active engine mode and its status line text ("unknown" when engine.json is
+    unreadable: status still answers, and says why)."""
+    try:
+        mode = engines.load_mode(inst.home)
+    except engines.EngineStateError as e:
+        return "unknown", f"unknown ({e})"
+    return mode, f"{mode} ({engines.DESCRIPTIONS[mode]})"
 
 
 def cmd_ports(args: argparse.Namespace) -> int:
@@ -327,6 +339,66 @@ def cmd_ports(args: argparse.Namespace) -> int:
         state = p["state"] if p["state"] != "failed" else f"failed: {p['reason']}"
         print(f"{host:24} {p['guest_port']:<7} {p['proto']:5} "
               f"{p['container'] or '(host network)':24} {state}")
+    return 0
+
+
+# -- engine ------------------------------------------------------------------------------
+
+
+def engine_switcher(inst: Instance) -> engines.Switcher:
+    """The engine switcher for `inst` (tests replace it with one built on fakes)."""
+
+    def start_vm() -> None:
+        # The VM starts as with `cove start`; a backend already booting is followed.
+        proc = None
+        if backend_pid(inst) is None:
+            _ensure_image(inst.load_settings().arch)
+            proc = spawn_backend(inst)
+        wait_running(inst, proc)
+
+    return engines.switcher_for(inst, start_vm)
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """`cove engine use linux|windows` and `cove engine status`."""
+    inst = _instance(args)
+    sw = engine_switcher(inst)
+    if args.action == "status":
+        st = sw.status()
+        if args.json:
+            print(json.dumps(st, indent=2))
+            return 0
+        for i, e in enumerate([st, *st["others"]]):
+            up = f"running (Docker {e['version'] or '?'})" if e["running"] else "not running"
+            if i == 0:
+                print(f"engine: {e['mode']} ({e['description']}), {up}")
+                print(f"  endpoint: {e['endpoint']}")
+                print(f"  context:  {inst.context_name} points at it")
+            else:
+                print(f"  also:     {e['mode']} ({e['description']}), {up}")
+        return 0
+    if not args.mode:
+        raise CliError("cove engine use needs an engine: linux or windows")
+    if args.dockerd:
+        if args.mode != "windows":
+            raise CliError("--dockerd is for the windows engine: "
+                           "cove engine use windows --dockerd PATH")
+        from desktop import winengine
+
+        win = sw.engines["windows"]
+        assert isinstance(win, winengine.WindowsEngine)
+        settings = win.load_settings()
+        settings.dockerd = args.dockerd
+        win.save_settings(settings)
+    if args.mode == "linux":
+        _say("switching to the Linux engine (the Cove VM starts if it is not running)")
+    else:
+        _say("switching to Windows containers (dockerd.exe starts if it is not running)")
+    res = sw.switch(args.mode)
+    left = "" if res.previous == res.mode else f"; the {res.previous} engine was left running"
+    print(f"engine: {res.mode} ({engines.DESCRIPTIONS[res.mode]})"
+          f"{', Docker ' + res.version if res.version else ''}; docker context "
+          f"'{inst.context_name}' points at {res.endpoint}{left}")
     return 0
 
 
@@ -362,7 +434,9 @@ def cmd_shares(args: argparse.Namespace) -> int:
         return 0
     if not args.path:
         raise CliError(f"cove shares {args.action} needs a folder path")
-    path = os.path.normpath(os.path.abspath(os.path.expanduser(args.path)))
+    # Kept in the setting's own normal form (on Windows: C:\Users\me), so a folder given
+    # another way (c:/users/me/) is found again.
+    path = _share_paths([os.path.normpath(os.path.abspath(os.path.expanduser(args.path)))])[0]
     before = _share_paths(settings.shares)
     if args.action == "add":
         if not Path(path).is_dir():
@@ -377,8 +451,7 @@ def cmd_shares(args: argparse.Namespace) -> int:
         if path not in before:
             raise CliError(f"{path} is not shared; shared folders: "
                            f"{', '.join(before) or 'none'}")
-        settings.shares = [e for e in settings.shares
-                           if (e if isinstance(e, str) else e.get("path")) != path]
+        settings.shares = [e for e in settings.shares if _share_paths([e])[0] != path]
     settings.validate()
     inst.save_settings(settings)
     verb = "shared" if args.action == "add" else "no longer shared"
@@ -519,10 +592,39 @@ def cmd_shell(args: argparse.Namespace) -> int:
         raise CliError(f"could not open a shell in the VM: {e}") from e
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    """`cove setup hyperv`: register the hvsock service the Hyper-V guest link uses (an
+    administrator's one-time step; everything after runs as the user)."""
+    from desktop.drivers import DriverError, hyperv
+
+    if sys.platform != "win32":
+        raise CliError("cove setup hyperv is for Windows hosts with Hyper-V; this host "
+                       f"is {sys.platform} and uses QEMU")
+    try:
+        key = hyperv.setup()
+    except DriverError as e:
+        raise CliError(str(e)) from e
+    print(f"Hyper-V is set up for Cove (guest link service registered: {key})")
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
+    """The version, and which guest image `cove start` would boot and where it comes from
+    (a packaged Cove's own read-only image, or one built on this machine)."""
     import platform
 
-    print(f"cove {__version__} (python {platform.python_version()}, {sys.platform})")
+    from desktop.instance import default_arch
+    from vm_image import builder
+    from vm_image.cli import SOURCE_TEXT
+
+    packaged = ", packaged" if builder.is_packaged() else ""
+    print(f"cove {__version__} (python {platform.python_version()}, {sys.platform}{packaged})")
+    arch = default_arch()
+    img = builder.find_image(arch)
+    if img is None:
+        print(f"guest image: none: {builder.missing_image_message(arch)}")
+    else:
+        print(f"guest image: {img.key}, {SOURCE_TEXT[img.source]}: {img.path}")
     return 0
 
 
@@ -610,6 +712,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "serial"])
     lg.add_argument("--follow", "-f", action="store_true")
     lg.add_argument("--lines", "-n", type=positive_int, default=50)
+    en = add("engine", cmd_engine, "switch between Linux containers (the VM) and Windows "
+             "containers (native dockerd.exe, Windows only)")
+    en.add_argument("action", choices=["use", "status"])
+    en.add_argument("mode", nargs="?", choices=list(engines.MODES),
+                    help="the engine to use: linux or windows")
+    en.add_argument("--dockerd", metavar="PATH", help="where dockerd.exe is (windows)")
+    en.add_argument("--json", action="store_true", help="machine-readable status")
+    su = add("setup", cmd_setup, "one-time, elevated host set-up (Windows: Hyper-V's guest "
+             "link service)")
+    su.add_argument("what", choices=["hyperv"])
     sh = add("shell", cmd_shell, "a shell (or a command) in the VM, over SSH")
     sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run instead of a shell")
     add("version", cmd_version, "print Cove's version")
@@ -630,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, SettingsError, ControlError) as e:
+    except (CliError, SettingsError, ControlError, engines.EngineError) as e:
         print(f"cove: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

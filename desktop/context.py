@@ -59,6 +59,8 @@ def exists(name: str) -> bool:
 
 
 def create(name: str, socket_url: str, description: str) -> None:
+    """Write context `name` pointing at `socket_url` (unix://... or, on Windows,
+    npipe:////./pipe/...: `desktop.platform.endpoints.docker_host` gives it)."""
     meta = {
         "Name": name,
         "Metadata": {"Description": description},

@@ -1,4 +1,5 @@
-"""The backend's control API: JSON lines over a 0600 unix socket in the instance folder.
+"""The backend's control API: JSON lines over a 0600 unix socket in the instance folder
+(on Windows, the named pipe ``\\\\.\\pipe\\cove-<instance>-control``, open to the user only).
 
 A request is one JSON object per line with an ``op``; the reply is one line
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. The ``events``
@@ -9,10 +10,12 @@ asked, then live ones). The CLI and the tray are both clients (`ControlClient`).
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from desktop.platform import endpoints
+from desktop.platform.endpoints import Stream
 
 
 class ControlError(Exception):
@@ -20,17 +23,17 @@ class ControlError(Exception):
 
 
 class ControlClient:
+    """A client of the control API of the instance whose control socket is `path` (on
+    Windows the instance's pipe, found by the folder's name)."""
+
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
         self.path = path
         self.timeout = timeout
 
-    def _connect(self, timeout: float | None) -> socket.socket:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
+    def _connect(self, timeout: float | None) -> Any:
         try:
-            s.connect(str(self.path))
+            s: Stream = endpoints.connect_control(self.path, timeout)
         except OSError as e:
-            s.close()
             raise ControlError(f"Cove's backend is not running ({self.path}: {e})") from e
         return s
 

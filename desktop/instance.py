@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from desktop.platform.paths import HOST_PATHS, HostPaths, WindowsPaths
+
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}")  # used with fullmatch
 SOCKET_PATH_LIMIT = 104  # macOS's sun_path; Linux allows 108
 DEFAULT_INSTANCE = "default"
@@ -83,7 +85,12 @@ def default_shares() -> list[Any]:
     if sys.platform == "darwin":
         return [str(Path.home()), "/Volumes", "/private", "/tmp", "/var/folders"]
     if sys.platform == "win32":
-        return []  # Windows paths need a translation that Cove does not do yet
+        # The user's profile folder (C:\Users\me), seen in the VM at /mnt/host/c/Users/me.
+        profile = os.environ.get("USERPROFILE") or str(Path.home())
+        try:
+            return [WindowsPaths().normalize(profile)]
+        except ValueError:
+            return []  # a profile on a network share: nothing is shared by default
     home = Path.home()
     return [str(home)] if home.is_dir() else []
 
@@ -92,13 +99,15 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def parse_shares(entries: Any) -> list[tuple[str, str]]:
+def parse_shares(entries: Any, paths: HostPaths = HOST_PATHS) -> list[tuple[str, str]]:
     """The `shares` setting as [(path, transport)]; SettingsError names the bad entry.
 
     An entry is a folder path, or {"path": ..., "transport": "auto"|"virtiofs"|"9p"}.
     Each folder is mounted in the VM at the same path, so it must be absolute and
     normalized, must not be (or contain) one of the VM's own folders, and shares must
-    not nest (one mount would hide part of the other).
+    not nest (one mount would hide part of the other). With Windows `paths`, a folder is
+    a drive path (returned normalized: "c:/Users/me" -> "C:\\Users\\me"), mounted under
+    /mnt/host, so the VM's own folders are out of its way; network paths are refused.
     """
     if not isinstance(entries, list):
         raise SettingsError("shares: must be a list of folder paths")
@@ -117,6 +126,14 @@ def parse_shares(entries: Any) -> list[tuple[str, str]]:
         if transport not in SHARE_TRANSPORTS:
             raise SettingsError(f"shares: {path}: transport {transport!r} is not one of "
                                 f"{', '.join(SHARE_TRANSPORTS)}")
+        if isinstance(paths, WindowsPaths):
+            path = _windows_share(path, paths)
+            for other, _ in out:
+                if paths.under(path, other) or paths.under(other, path):
+                    raise SettingsError(f"shares: {path} and {other} overlap (one is inside "
+                                        "the other); keep only one of them")
+            out.append((path, transport))
+            continue
         if not path.startswith("/"):
             raise SettingsError(f"shares: {path!r} is not an absolute path; write it from /")
         # normpath keeps a leading "//"; Linux reads it as "/" ("//etc" is /etc).
@@ -137,6 +154,17 @@ def parse_shares(entries: Any) -> list[tuple[str, str]]:
                                     "too; keep only one of them")
         out.append((path, transport))
     return out
+
+
+def _windows_share(path: str, paths: WindowsPaths) -> str:
+    try:
+        norm = paths.normalize(path)
+    except ValueError as e:
+        raise SettingsError(f"shares: {e}") from None
+    if norm.endswith(":\\"):
+        raise SettingsError(f"shares: {norm} would share the whole drive; share the folders "
+                            "you work in, e.g. your user folder")
+    return norm
 
 
 SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B))?\s*", re.IGNORECASE)
@@ -168,6 +196,10 @@ class Settings:
     engine_config: dict[str, Any] = field(default_factory=dict)
     expose_ports_on_all_interfaces: bool = False
     shares: list[Any] = field(default_factory=default_shares)
+    # Windows only: also serve the engine on \\.\pipe\docker_engine (what docker SDKs and
+    # IDEs use when they ignore contexts) whenever no other program (Docker Desktop) holds
+    # it; Cove never takes it from one. False: Cove's own pipe and context only.
+    docker_engine_pipe: bool = True
 
     def validate(self) -> None:
         if not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1:
@@ -193,6 +225,8 @@ class Settings:
             raise SettingsError("engine_config: must be a JSON object (the engine's daemon.json)")
         if not isinstance(self.expose_ports_on_all_interfaces, bool):
             raise SettingsError("expose_ports_on_all_interfaces: must be true or false")
+        if not isinstance(self.docker_engine_pipe, bool):
+            raise SettingsError("docker_engine_pipe: must be true or false")
         parse_shares(self.shares)
 
     def to_json(self) -> dict[str, Any]:
@@ -213,8 +247,17 @@ class Settings:
         return s
 
 
+# Folders in COVE_HOME that are not instances: the image cache, the Windows engine's.
+RESERVED_NAMES = ("images", "windows")
+
+
 def validate_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name or "") or name == "images":
+    if name in RESERVED_NAMES:
+        raise SettingsError(
+            f"instance name {name!r} is reserved (Cove keeps its {name} there); choose "
+            "another name"
+        )
+    if not NAME_RE.fullmatch(name or ""):
         raise SettingsError(
             f"instance name {name!r} is not allowed; use 1-31 lowercase letters, digits, "
             "'-' or '_', starting with a letter or digit (no '/' or '..')"
@@ -294,4 +337,4 @@ def list_instances(home: Path | None = None) -> list[str]:
     if not h.is_dir():
         return []
     return sorted(p.name for p in h.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)
-                  and p.name != "images")
+                  and p.name not in RESERVED_NAMES)

@@ -202,6 +202,11 @@ class Agent:
                 except (RuntimeError, OSError) as e:
                     self.info.errors.append(f"ssh: {e}")
             self.link.start()
+            # Beside TCP, vsock where the host has it (Hyper-V's hv_sock, a virtio-vsock
+            # device); on Hyper-V it already carried the boot config (`boot.early`).
+            vsock = self.info.vsock or boot.vsock_listener(transport=boot.vsock_transport())
+            if vsock is not None:
+                self.link.add_listener(vsock)
             for path in _virtio_ports(protocol.CONTROL_PORT_NAME):
                 threading.Thread(target=server.serve_virtio_port, args=(path, self.link),
                                  daemon=True, name="virtio-control").start()
@@ -214,6 +219,13 @@ class Agent:
                          name="power-button").start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPWR):
             signal.signal(sig, lambda *_: self.request_shutdown("signal"))
+        # /sbin/poweroff (run by the kernel for a power-off asked from outside, e.g.
+        # Hyper-V's shutdown service) signals this pid for the clean stop.
+        try:
+            boot.RUN_DIR.mkdir(parents=True, exist_ok=True)
+            (boot.RUN_DIR / "agent.pid").write_text(f"{os.getpid()}\n")
+        except OSError as e:
+            log.warning("cannot write the agent's pid file: %s", e)
         log.info("agent ready in %.2f s after kernel start", engine.uptime())
         self.shutdown_requested.wait()
         self.shutdown()

@@ -62,6 +62,7 @@ class BootInfo:
         self.resolver: dict = {}
         self.shares: list[dict] = []
         self.errors: list[str] = []
+        self.vsock: socket.socket | None = None  # the link's vsock listener, if any
 
 
 def sysfs_glob(pattern: str) -> list[str]:
@@ -149,18 +150,120 @@ def read_boot_config() -> dict:
 
     /sys/firmware is masked in containers by the engine's default profile, so a
     container cannot read it; the kernel command line would not do (/proc/cmdline is
-    readable in every container).
+    readable in every container). On Hyper-V (no fw_cfg) it returns {} at once.
     """
     path = Path("/sys/firmware/qemu_fw_cfg/by_name") / protocol.FW_CFG_NAME / "raw"
-    for _ in range(20):
+    wait = vsock_transport() != "hyperv"
+    for _ in range(20 if wait else 0):
         if path.exists():
             break
         time.sleep(0.05)
     try:
         return json.loads(path.read_bytes())
     except (OSError, ValueError) as e:
-        log.error("no boot config from the host at %s: %s", path, e)
+        (log.error if wait else log.info)("no boot config from the host at %s: %s", path, e)
         return {}
+
+
+# -- vsock: the link's transport on Hyper-V (hv_sock) and virtio-vsock hosts ---------------
+
+VMADDR_CID_ANY = 0xFFFFFFFF
+CONFIG_WAIT = 600.0  # seconds to wait for the host's boot config over vsock
+MAX_CONFIG = 65536  # bytes: the boot config line (the engine config is inside it)
+
+
+def vsock_transport(sys_root: str = "/sys") -> str | None:
+    """Which vsock transport reaches the host: "hyperv", "virtio" or None.
+
+    hv_sock loads only on Hyper-V (it refuses hosts older than Windows 10); the virtio
+    transport's module loads anywhere, so it counts only once it has a device.
+    """
+    if os.path.isdir(f"{sys_root}/module/hv_sock"):
+        return "hyperv"
+    drv = f"{sys_root}/bus/virtio/drivers/vmw_vsock_virtio_transport"
+    try:
+        if any(n.startswith("virtio") for n in os.listdir(drv)):
+            return "virtio"
+    except OSError:
+        pass
+    return None
+
+
+def vsock_listener(port: int = protocol.AGENT_PORT,
+                   transport: str | None = None) -> socket.socket | None:
+    """A listening AF_VSOCK socket on `port`, or None when there is no vsock to the host
+    (QEMU without a vsock device: nothing listens, nothing is logged as an error)."""
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None or transport is None:
+        return None
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        log.info("no vsock listener (%s transport): %s", transport, e)
+        return None
+    try:
+        s.bind((VMADDR_CID_ANY, port))
+        s.listen(128)
+    except OSError as e:
+        s.close()
+        log.info("no vsock listener on port %d (%s transport): %s", port, transport, e)
+        return None
+    log.info("link listens on vsock port %d (%s)", port, transport)
+    return s
+
+
+def _read_line(conn: socket.socket, limit: int) -> bytes:
+    buf = bytearray()
+    while b"\n" not in buf and len(buf) <= limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def receive_boot_config(listener: socket.socket, timeout: float = CONFIG_WAIT) -> dict:
+    """Wait for the host to send the boot config over vsock (Hyper-V has no fw_cfg).
+
+    The host opens a connection and sends the config as one JSON line; the agent answers
+    ``{"ok":true}`` and closes it. Peers other than the host, and lines that are not a
+    config with a token, are closed without a reply. The listener stays open for the
+    link. Returns {} when nothing came within `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    listener.settimeout(1.0)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                conn, addr = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                if not protocol.peer_is_host(addr):
+                    log.warning("boot config: refused a connection from %s", addr)
+                    continue
+                try:
+                    conn.settimeout(5.0)
+                    line = _read_line(conn, MAX_CONFIG)
+                    config = json.loads(line) if line.endswith(b"\n") else None
+                except (OSError, ValueError) as e:
+                    log.warning("boot config: unreadable (%s)", e)
+                    continue
+                if not isinstance(config, dict) or not isinstance(config.get("token"), str) \
+                        or not config["token"]:
+                    log.warning("boot config: not a config with a token; closed")
+                    continue
+                try:
+                    conn.sendall(protocol.encode_message({"ok": True}))
+                except OSError as e:
+                    log.warning("boot config: the host went away before the reply (%s)", e)
+                    continue
+                log.info("boot config received over vsock")
+                return config
+    finally:
+        listener.settimeout(None)
+    log.error("no boot config from the host over vsock within %.0f s", timeout)
+    return {}
 
 
 def set_sysctls() -> None:
@@ -251,6 +354,13 @@ def guard_port(port: int, iface: str) -> None:
          "!", "-i", iface, "-j", "DROP"])
 
 
+def _partitioned(dev: str) -> bool:
+    """The disk carries a partition table (MBR signature or a GPT header): never the data
+    disk, which is a whole-disk ext4 or blank (Hyper-V's EFI boot disk is the case)."""
+    head = _read_at(dev, 0, 1024)
+    return head[510:512] == b"\x55\xaa" or head[512:520] == b"EFI PART"
+
+
 def _block_devices() -> list[str]:
     return sorted(
         p.name for p in Path("/sys/class/block").iterdir()
@@ -271,11 +381,13 @@ def find_data_device() -> str | None:
         try:
             if _read_at(dev, 0, 4) == b"hsqs":
                 continue  # the root image
+            serial = Path(f"/sys/class/block/{dev}/serial")
+            if serial.exists() and serial.read_text().strip() == "cove-data":
+                return dev
+            if _partitioned(dev):
+                continue  # a boot disk (Hyper-V's EFI disk): formatting it would be a loss
         except OSError:
             continue
-        serial = Path(f"/sys/class/block/{dev}/serial")
-        if serial.exists() and serial.read_text().strip() == "cove-data":
-            return dev
         candidates.append(dev)
     return candidates[0] if candidates else None
 
@@ -407,6 +519,12 @@ def early(info: BootInfo) -> None:
     the host's boot config (it may carry the engine's config)."""
     load_modules()
     info.config = read_boot_config()
+    if not info.config:
+        # No fw_cfg (Hyper-V): the host sends the config over the link's first vsock
+        # connection; the listener then serves the link (`Agent.run`).
+        info.vsock = vsock_listener(transport=vsock_transport())
+        if info.vsock is not None:
+            info.config = receive_boot_config(info.vsock)
     if not info.config:
         info.errors.append("no boot config (secret) from the host")
     set_sysctls()

@@ -42,6 +42,9 @@ DATA_OPS = ("docker", "tcp", "udp", "echo")
 OPS = ("control", *DATA_OPS)
 FW_CFG_NAME = "opt/org.cove/boot"  # fw_cfg entry carrying the boot config (with the secret)
 CONTROL_PORT_NAME = "org.cove.control"  # virtio-serial port name for the control channel
+VMADDR_CID_HOST = 2  # the host as a vsock peer (hv_sock reports every host peer so)
+# Hyper-V sockets: Linux's hv_sock maps vsock port N to this service GUID on the host.
+HV_VSOCK_TEMPLATE = "{port:08x}-facb-11e6-bd58-64006a7986d3"
 
 
 class ProtocolError(Exception):
@@ -98,6 +101,17 @@ def parse_header(line: bytes) -> Header:
 
 def token_ok(expected: str, given: str) -> bool:
     return bool(expected) and bool(compare_digest(expected.encode(), given.encode()))
+
+
+def peer_is_host(addr: object) -> bool:
+    """An accepted vsock peer is the host: a local one would be CID 1 or the VM's own,
+    and the link takes no connection from inside the VM (containers) on vsock."""
+    return isinstance(addr, tuple) and len(addr) >= 1 and addr[0] == VMADDR_CID_HOST
+
+
+def hv_service_id(port: int = AGENT_PORT) -> str:
+    """The Hyper-V socket service GUID of the guest's vsock `port`."""
+    return HV_VSOCK_TEMPLATE.format(port=port)
 
 
 def encode_message(msg: dict[str, Any]) -> bytes:

@@ -4,6 +4,10 @@ A relay copies each direction on its own thread and passes half-close through: w
 side stops sending (EOF), the other side's write half is shut down, and the relay ends
 when both directions have ended. HTTP upgrades (attach, exec, BuildKit sessions) and
 ``docker logs -f`` therefore pass untouched: the relay never looks at the bytes.
+
+Either end may also be a socket-like stream that is not a socket (a Windows named pipe
+connection on the host: recv_into, sendall, shutdown, gettimeout); such a direction is
+copied through a Python buffer, since splice(2) needs two kernel sockets.
 """
 
 from __future__ import annotations
@@ -15,6 +19,22 @@ from contextlib import AbstractContextManager, nullcontext
 
 BUFSIZE = 256 * 1024
 SPLICE = hasattr(os, "splice")  # Linux: bytes move in the kernel, never through Python
+
+TYPE_CHECKING = False  # type checkers read the block below; importing typing costs boot time
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class Stream(Protocol):
+        def recv_into(self, buffer: Any, nbytes: int = ..., /) -> int: ...
+        def sendall(self, data: Any, /) -> None: ...
+        def shutdown(self, how: int, /) -> None: ...
+        def close(self) -> None: ...
+        def gettimeout(self) -> float | None: ...
+
+
+def _spliceable(s: Stream) -> bool:
+    """A blocking kernel socket, whose bytes splice(2) can move."""
+    return isinstance(s, socket.socket) and s.gettimeout() is None
 
 
 def _splice_loop(src: socket.socket, dst: socket.socket,
@@ -36,7 +56,7 @@ def _splice_loop(src: socket.socket, dst: socket.socket,
         os.close(w)
 
 
-def copy(src: socket.socket, dst: socket.socket, initial: bytes = b"",
+def copy(src: Stream, dst: Stream, initial: bytes = b"",
          lock: threading.Lock | None = None) -> None:
     """Copy `src` to `dst` until EOF, then shut down `dst`'s write half; a reset on
     either side shuts down both. `lock`, if given, is held around each write to `dst`
@@ -48,7 +68,8 @@ def copy(src: socket.socket, dst: socket.socket, initial: bytes = b"",
         if initial:
             with guard:
                 dst.sendall(initial)
-        if SPLICE and src.gettimeout() is None and dst.gettimeout() is None:
+        if SPLICE and _spliceable(src) and _spliceable(dst):
+            assert isinstance(src, socket.socket) and isinstance(dst, socket.socket)
             _splice_loop(src, dst, guard)
         else:
             while True:
@@ -72,7 +93,7 @@ def copy(src: socket.socket, dst: socket.socket, initial: bytes = b"",
             pass
 
 
-def pipe(a: socket.socket, b: socket.socket, a_to_b_initial: bytes = b"") -> None:
+def pipe(a: Stream, b: Stream, a_to_b_initial: bytes = b"") -> None:
     """Relay between `a` and `b` until both directions end, then close both.
 
     `a_to_b_initial` is sent to `b` first (bytes already read from `a`). Blocks the

@@ -109,7 +109,8 @@ class ControlSession:
 
 
 class LinkServer:
-    """Accepts link connections on TCP and pushes events to every control session."""
+    """Accepts link connections on TCP (and on vsock where the host has it: Hyper-V's
+    hv_sock, `add_listener`) and pushes events to every control session."""
 
     def __init__(self, token: str, controller: Controller, port: int = protocol.AGENT_PORT,
                  docker_sock: str = dockerapi.DOCKER_SOCK, host: str = "0.0.0.0") -> None:
@@ -121,6 +122,7 @@ class LinkServer:
         self.sessions: set[ControlSession] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._extra: list[socket.socket] = []
 
     def start(self) -> int:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -129,16 +131,29 @@ class LinkServer:
         s.listen(128)
         self._listener = s
         self.port = s.getsockname()[1]
-        threading.Thread(target=self._accept_loop, daemon=True, name="link-accept").start()
+        threading.Thread(target=self._accept_loop, args=(s, False), daemon=True,
+                         name="link-accept").start()
         return self.port
 
+    def add_listener(self, listener: socket.socket) -> None:
+        """Serve the link on a listening vsock socket too: same headers, same token.
+
+        Only the host's connections are taken (peer CID 2); the socket may have served
+        the boot config already (`boot.receive_boot_config`).
+        """
+        self._extra.append(listener)
+        threading.Thread(target=self._accept_loop, args=(listener, True), daemon=True,
+                         name="link-accept-vsock").start()
+
     def close(self) -> None:
-        if self._listener is not None:
+        for listener in [self._listener, *self._extra]:
+            if listener is None:
+                continue
             try:
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread
             except OSError:
                 pass
-            self._listener.close()
+            listener.close()
 
     def broadcast(self, msg: dict[str, Any]) -> None:
         with self._lock:
@@ -146,14 +161,19 @@ class LinkServer:
         for s in sessions:
             s.send(msg)
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
+    def _accept_loop(self, listener: socket.socket, vsock: bool) -> None:
         while True:
             try:
-                conn, _ = self._listener.accept()
+                conn, addr = listener.accept()
             except OSError:
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if vsock:
+                if not protocol.peer_is_host(addr):
+                    log.warning("link connection refused: vsock peer %s is not the host", addr)
+                    conn.close()
+                    continue
+            else:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:

@@ -19,6 +19,7 @@ import gzip
 import io
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = tmp / "ctx"
         ctx.mkdir()
         (ctx / "busybox").write_bytes(busybox)
+        (ctx / "busybox").chmod(0o755)
         (ctx / "Dockerfile").write_text(
             "FROM scratch\nCOPY busybox /bin/busybox\n"
             'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n')
@@ -118,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         out = s.docker("run a container", "run", "--rm", "cove-smoke", "uname", "-m").strip()
         if out != UNAME[arch]:
             raise SystemExit(f"FAILED: the container says {out!r}, expected {UNAME[arch]}")
-        print(f"smoke test passed: a {arch} container ran through Cove's socket")
+        print(f"smoke test passed: an {arch} container ran through Cove's socket")
         return 0
     finally:
         if not args.keep:
             subprocess.run([*s.cove_cmd, "delete", "-i", args.instance, "--force"], env=env,
                            capture_output=True, timeout=600)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -55,11 +56,14 @@ class BuildError(Exception):
 
 @dataclass(frozen=True)
 class Image:
-    """A built guest image on disk."""
+    """A built guest image on disk. `source` says where it was found: "cache" (built on
+    this machine into `images_dir()`) or "system" (shipped with a packaged Cove, read
+    only, in `system_images_dir()`)."""
 
     path: Path
     key: str
     arch: str
+    source: str = "cache"
 
     @property
     def kernel(self) -> Path:
@@ -89,7 +93,7 @@ def images_dir(home: Path | None = None) -> Path:
     return (home or default_home()) / "images"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -143,26 +147,74 @@ def check_tools(tools: dict[str, str] = REQUIRED_TOOLS) -> None:
         )
 
 
-def find_image(arch: str = "amd64", home: Path | None = None) -> Image | None:
-    """The cached image for the current recipe and agent, or None."""
-    a = recipe.get_arch(arch)
-    key = image_key(a)
-    path = images_dir(home) / key
-    if (path / "manifest.json").is_file():
-        return Image(path, key, a.name)
+# A packaged Cove (the installers' bundles) ships its guest image in a read-only folder
+# beside its executable, e.g. /usr/lib/cove/images/<key>/; this variable names another.
+SYSTEM_IMAGES_ENV = "COVE_SYSTEM_IMAGES"
+
+
+def is_packaged() -> bool:
+    """True in a bundled Cove (PyInstaller sets `sys.frozen`): no sources, no build tools."""
+    return bool(getattr(sys, "frozen", False))
+
+
+def system_images_dir() -> Path | None:
+    """The read-only image folder of a packaged Cove (`COVE_SYSTEM_IMAGES`, else `images/`
+    beside the bundle's executable, or in Cove.app's Contents/Resources on macOS), or None
+    when Cove runs from source."""
+    if os.environ.get(SYSTEM_IMAGES_ENV):
+        return Path(os.environ[SYSTEM_IMAGES_ENV])
+    if is_packaged():
+        exe_dir = Path(sys.executable).resolve().parent
+        app_resources = exe_dir.parent / "Resources" / "images"  # Cove.app/Contents/MacOS
+        return app_resources if app_resources.is_dir() else exe_dir / "images"
     return None
+
+
+def _newest(folder: Path, arch: str) -> Path | None:
+    found = sorted(
+        (p for p in folder.glob(f"{arch}-*") if (p / "manifest.json").is_file()),
+        key=lambda p: (p / "manifest.json").stat().st_mtime,
+    )
+    return found[-1] if found else None
+
+
+def find_image(arch: str = "amd64", home: Path | None = None) -> Image | None:
+    """The image this Cove boots, or None.
+
+    From source: the image built for the current recipe and agent (its key), in
+    `images_dir()`, else in `system_images_dir()`. Packaged: the image the package ships
+    in `system_images_dir()` (its agent was built from the bundle's own sources; the key
+    cannot be computed there, the sources are compiled into the bundle); a packaged Cove
+    never uses or builds images in `images_dir()`.
+    """
+    a = recipe.get_arch(arch)
+    system = system_images_dir()
+    if is_packaged():
+        found = _newest(system, a.name) if system is not None else None
+        return Image(found, found.name, a.name, "system") if found is not None else None
+    key = image_key(a)
+    for folder, source in ((images_dir(home), "cache"), (system, "system")):
+        if folder is not None and (folder / key / "manifest.json").is_file():
+            return Image(folder / key, key, a.name, source)
+    return None
+
+
+def missing_image_message(arch: str) -> str:
+    """What to tell the user when `find_image(arch)` found nothing."""
+    if is_packaged():
+        where = system_images_dir()
+        return (
+            f"the {arch} guest image that ships with this Cove is missing from {where}; "
+            "reinstall Cove (e.g. apt-get install --reinstall cove) to restore it"
+        )
+    return (f"no {arch} image is built for this version of Cove yet; build it once as "
+            f"root: sudo cove image build --arch {arch}")
 
 
 def latest_image(arch: str = "amd64", home: Path | None = None) -> Image | None:
     """The newest complete image of any key for this arch (for when a rebuild fails)."""
-    d = images_dir(home)
-    found = sorted(
-        (p for p in d.glob(f"{arch}-*") if (p / "manifest.json").is_file()),
-        key=lambda p: (p / "manifest.json").stat().st_mtime,
-    )
-    if not found:
-        return None
-    return Image(found[-1], found[-1].name, arch)
+    found = _newest(images_dir(home), arch)
+    return Image(found, found.name, arch) if found is not None else None
 
 
 def build(
@@ -183,6 +235,12 @@ def build(
         if cached is not None:
             say(f"guest image {cached.key} is up to date")
             return cached
+    if is_packaged():
+        # No mmdebstrap, no sources: a packaged Cove only runs the image it ships.
+        shipped = find_image(a.name, home)
+        fix = (f"it boots the one it ships, {shipped.path}" if shipped is not None
+               else missing_image_message(a.name))
+        raise BuildError(f"this is a packaged Cove: it cannot build a guest image; {fix}")
     check_tools()
     if os.geteuid() != 0:
         raise BuildError(
@@ -228,7 +286,7 @@ def build(
             "build_seconds": round(time.monotonic() - t0, 1),
             "packages": json.loads((base / "packages.json").read_text()),
             "files": {
-                name: {"sha256": _sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
+                name: {"sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
                 for name in ("vmlinuz", "initramfs", "root.sqfs")
             },
         }
@@ -435,6 +493,11 @@ def _install_agent(root: Path, key: str) -> None:
         init.unlink()
     shutil.copy2(HERE / "files/sbin-init", init)
     init.chmod(0o755)
+    poweroff = root / "sbin/poweroff"
+    if poweroff.exists() or poweroff.is_symlink():
+        poweroff.unlink()
+    shutil.copy2(HERE / "files/poweroff", poweroff)
+    poweroff.chmod(0o755)
     (root / "etc/cove").mkdir(parents=True, exist_ok=True)
     (root / "etc/cove/image.json").write_text(json.dumps({"key": key}))
     (root / "etc/hostname").write_text("cove\n")

@@ -9,6 +9,11 @@ import time
 
 from vm_image import builder, recipe
 
+SOURCE_TEXT = {
+    "cache": "built on this machine (read-write cache)",
+    "system": "shipped with this Cove (read-only system folder)",
+}
+
 
 def _arch(value: str) -> str:
     try:
@@ -31,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.image_command == "path":
         img = builder.find_image(args.arch)
         if img is None:
-            print(f"no {args.arch} image built for the current recipe; run: cove image build",
-                  file=sys.stderr)
+            print(builder.missing_image_message(args.arch), file=sys.stderr)
             return 1
         print(img.path)
+        print(f"image: {img.key}, {SOURCE_TEXT[img.source]}", file=sys.stderr)
         return 0
     t0 = time.monotonic()
     try:

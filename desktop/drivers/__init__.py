@@ -154,7 +154,7 @@ def register(priority: int) -> Callable[[Factory], Factory]:
 def pick(name: str | None = None, **options: object) -> Driver:
     """The named driver, or the best available one, made with `options` (arch,
     accel_cache); raises DriverError naming why none is usable."""
-    from desktop.drivers import qemu  # noqa: F401 - registers itself
+    from desktop.drivers import hyperv, qemu  # noqa: F401 - each registers itself
 
     reasons = []
     for _, factory in _REGISTRY:

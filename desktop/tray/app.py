@@ -70,7 +70,9 @@ class TrayApp(QObject):
         handlers = {
             "dashboard": self.show_dashboard, "settings": self.show_settings,
             "start": self.controller.start, "stop": lambda: self.controller.stop(),
-            "restart": self.controller.restart, "switch_windows": self.switch_windows,
+            "restart": self.controller.restart,
+            "switch_windows": lambda: self.controller.switch_engine("windows"),
+            "switch_linux": lambda: self.controller.switch_engine("linux"),
             "troubleshoot": self.show_troubleshoot, "about": self.about, "quit": self.quit,
         }
         for e in model.menu_entries(self.controller.state, self.platform):
@@ -124,10 +126,6 @@ class TrayApp(QObject):
 
             self.troubleshoot = Troubleshoot(self.controller)
         self._raise(self.troubleshoot)
-
-    def switch_windows(self) -> None:
-        QMessageBox.information(None, "Cove", "Windows containers need Hyper-V's native "
-                                "engine, which this version of Cove does not manage yet.")
 
     def about(self) -> None:
         QMessageBox.about(None, "About Cove",

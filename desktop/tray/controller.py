@@ -24,9 +24,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from desktop import cli, pidfile
+from desktop import cli, engines, pidfile
 from desktop.control import ControlClient, ControlError
 from desktop.instance import Instance
+from desktop.platform import endpoints
 from desktop.tray import model
 from desktop.tray.docker_service import DockerError, DockerService
 from desktop.tray.qtcompat import emit
@@ -55,17 +56,21 @@ class TrayController(QObject):
     def __init__(self, instance: Instance, *,
                  spawn: Callable[[Instance], Any] | None = None,
                  docker: DockerService | None = None,
-                 worker: Worker | None = None, parent: QObject | None = None) -> None:
+                 worker: Worker | None = None, parent: QObject | None = None,
+                 switcher: Callable[[], engines.Switcher] | None = None) -> None:
         super().__init__(parent)
         self.inst = instance
         self.client = ControlClient(instance.control_socket)
         self.state = model.TrayState()
-        self.docker = docker or DockerService(instance.docker_socket)
+        self._switcher = switcher or (lambda: engines.switcher_for(instance, self._start_vm))
+        self.refresh_engine_mode()
+        self.docker = docker or DockerService(instance.docker_socket,
+                                              base_url=endpoints.docker_host(instance))
         self.worker = worker or Worker(self)
         self._spawn = spawn or cli.spawn_backend
         self._proc: subprocess.Popen | None = None
         self._closing = threading.Event()
-        self._sock: socket.socket | None = None
+        self._sock: Any = None
         self._sock_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._docker_thread: threading.Thread | None = None
@@ -145,18 +150,19 @@ class TrayController(QObject):
             return None
         return st if isinstance(st, dict) else None
 
-    def _drop(self, s: socket.socket) -> None:
+    def _drop(self, s: Any) -> None:
         with self._sock_lock:
             self._sock = None
         s.close()
 
-    def _connect(self) -> socket.socket | None:
-        if not self.inst.control_socket.exists():
-            return None
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _connect(self) -> Any:
+        """The backend's event stream (its control API: a unix socket, or on Windows a
+        named pipe), or None while no backend serves it."""
         try:
-            s.settimeout(5)
-            s.connect(str(self.inst.control_socket))
+            s = endpoints.connect_control(self.inst.control_socket, 5)
+        except OSError:
+            return None
+        try:
             s.sendall(json.dumps({"op": "events", "history": False}).encode() + b"\n")
             s.settimeout(None)
         except OSError:
@@ -296,6 +302,49 @@ class TrayController(QObject):
         self.state.restart_needed = True
         emit(self.changed, self.state)
         emit(self.notify, model.restart_notice(why))
+
+    # -- the engine switch (Windows) ---------------------------------------------------
+
+    def refresh_engine_mode(self) -> None:
+        """Read the active engine mode (engine.json); an unreadable file reads as the
+        default, and the switch itself then reports why."""
+        try:
+            self.state.engine_mode = engines.load_mode(self.inst.home)
+        except engines.EngineError as e:
+            log.warning("%s", e)
+            self.state.engine_mode = engines.DEFAULT_MODE
+
+    def switch_engine(self, mode: str) -> None:
+        """Switch the `cove` context to `mode`'s engine on the worker pool; the result is
+        a notice (the refusal's reason when it cannot switch)."""
+        if self.state.switching_to:
+            return
+        self.state.switching_to = mode
+        emit(self.changed, self.state)
+
+        def done(result: engines.SwitchResult) -> None:
+            self.state.switching_to = ""
+            self.state.engine_mode = result.mode
+            emit(self.changed, self.state)
+            emit(self.notify, model.switch_notice(result.mode))
+
+        def failed(message: str) -> None:
+            self.state.switching_to = ""
+            self.refresh_engine_mode()
+            emit(self.changed, self.state)
+            emit(self.notify, model.switch_failed_notice(mode, message))
+
+        self.worker.submit(lambda: self._switcher().switch(mode), done, failed)
+
+    def _start_vm(self) -> None:
+        """Start the backend unless it runs and wait until it is up (on the worker)."""
+        proc = None if self.backend_running() else self._spawn(self.inst)
+        if proc is not None:
+            self._proc = proc
+        try:
+            cli.wait_running(self.inst, proc, quiet=True)
+        except cli.CliError as e:
+            raise engines.EngineError(str(e)) from e
 
     def refresh_count(self) -> None:
         if self.state.is_up:

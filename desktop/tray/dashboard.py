@@ -310,7 +310,7 @@ class Dashboard(QMainWindow):
         if c is None:
             return
         try:
-            self.open_terminal(c.name, "unix://" + str(self.docker.socket_path))
+            self.open_terminal(c.name, self.docker.base_url)
         except (terminal.TerminalError, OSError) as e:
             self.status(str(e))
 

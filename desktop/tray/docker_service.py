@@ -105,17 +105,20 @@ class DockerService:
     """
 
     def __init__(self, socket_path: Path,
-                 client_factory: Callable[[str], Any] | None = None) -> None:
+                 client_factory: Callable[[str], Any] | None = None,
+                 base_url: str | None = None) -> None:
         self.socket_path = socket_path
+        # On Windows the engine is a named pipe (npipe://...), which has no path to check.
+        self.base_url = base_url or "unix://" + str(socket_path)
         self._factory = client_factory or _sdk_client
         self._client: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            if not self.socket_path.exists():
+            if self.base_url.startswith("unix://") and not self.socket_path.exists():
                 raise DockerError("the Docker engine is not running (start Cove first)")
-            self._client = self._call(lambda: self._factory("unix://" + str(self.socket_path)))
+            self._client = self._call(lambda: self._factory(self.base_url))
         return self._client
 
     def close(self) -> None:

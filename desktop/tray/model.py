@@ -43,6 +43,10 @@ class TrayState:
     failed_ports: dict[str, str] = field(default_factory=dict)  # "8080/tcp" -> reason
     restart_needed: bool = False
     failed: bool = False  # this run ended in an error: shown until the next start
+    # The engine the `cove` context points at (desktop/engines.py), and the one a switch
+    # in progress is heading for ("" when none is).
+    engine_mode: str = "linux"
+    switching_to: str = ""
 
     @property
     def is_up(self) -> bool:
@@ -176,6 +180,8 @@ def tooltip(st: TrayState) -> str:
         lines.append(f"port {key}: {reason}" if reason else f"port {key} is not published")
     if st.restart_needed:
         lines.append("A restart is needed to apply the settings")
+    if st.engine_mode == "windows":
+        lines.append("docker uses Windows containers (native dockerd.exe)")
     return "\n".join(lines)
 
 
@@ -190,6 +196,33 @@ class Entry:
 
 
 SEPARATOR = Entry("-")
+
+
+SWITCH_TEXT = {"windows": "Switch to Windows containers…",
+               "linux": "Switch to Linux containers…"}
+
+
+def switch_entry(st: TrayState) -> Entry:
+    """The engine switch (Windows hosts only): to the mode that is not active, disabled
+    while a switch runs."""
+    if st.switching_to:
+        name = "Windows" if st.switching_to == "windows" else "Linux"
+        return Entry(f"switch_{st.switching_to}", f"Switching to {name} containers…", False)
+    target = "linux" if st.engine_mode == "windows" else "windows"
+    return Entry(f"switch_{target}", SWITCH_TEXT[target], not st.busy)
+
+
+def switch_notice(mode: str) -> Notice:
+    name = "Windows" if mode == "windows" else "Linux"
+    engine = "native dockerd.exe" if mode == "windows" else "the Cove VM"
+    return Notice(f"Cove uses {name} containers",
+                  f"docker now talks to {engine}; the other engine keeps running",
+                  "information")
+
+
+def switch_failed_notice(mode: str, reason: str) -> Notice:
+    name = "Windows" if mode == "windows" else "Linux"
+    return Notice(f"Cove could not switch to {name} containers", reason, "warning")
 
 
 def menu_entries(st: TrayState, platform: str) -> list[Entry]:
@@ -209,8 +242,7 @@ def menu_entries(st: TrayState, platform: str) -> list[Entry]:
         Entry("restart", "Restart", st.state in ("running", "degraded", "error")),
     ]
     if platform == "win32":
-        entries.append(Entry("switch_windows", "Switch to Windows containers…",
-                             not st.busy))
+        entries.append(switch_entry(st))
     entries += [
         SEPARATOR,
         Entry("troubleshoot", "Troubleshoot…"),

@@ -298,6 +298,51 @@ def test_docker_socket_relays_to_the_engine(make_cove: Callable[..., Cove]) -> N
     assert c.engine.received == [request]
 
 
+def test_docker_engine_pipe_forwards_to_the_vm_then_to_another_engine(
+        make_cove: Callable[..., Cove], home: Path) -> None:
+    """The docker_engine pipe (Windows) follows `docker_engine_target`: the VM by default,
+    another engine while Windows containers are active. Here both are unix sockets."""
+    c = make_cove().running()
+    st = c.request("status")["docker_engine"]
+    assert st == {"served": False, "target": f"unix://{c.inst.docker_socket}"}
+    request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n"
+
+    def through_docker_engine() -> bytes:
+        client, server = socket.socketpair()
+        t = threading.Thread(target=c.backend._forward_docker_engine, args=(server,))
+        t.start()
+        with client:
+            client.sendall(request)
+            got = _recv_all(client)
+        t.join(10)
+        return got
+
+    assert through_docker_engine() == HTTP_REPLY
+    assert c.engine.received == [request]
+    other = FakeEngine(home / "other.sock")
+    try:
+        got = c.request("docker_engine_target", endpoint=f"unix://{other.path}")
+        assert got == {"served": False, "target": f"unix://{other.path}"}
+        assert through_docker_engine() == HTTP_REPLY
+        assert other.received == [request] and c.engine.received == [request]
+        # Back to the VM: its own address means "the VM".
+        c.request("docker_engine_target", endpoint=f"unix://{c.inst.docker_socket}")
+        assert c.backend.docker_engine_target == ""
+        assert through_docker_engine() == HTTP_REPLY
+        assert len(c.engine.received) == 2
+    finally:
+        other.close()
+
+
+def test_docker_engine_target_refuses_what_is_not_an_engine_address(
+        make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    reply = c.raw_request(b'{"op": "docker_engine_target", "endpoint": "tcp://1.2.3.4:2375"}\n')
+    assert reply["ok"] is False
+    assert "not an engine address" in reply["error"] and "npipe:" in reply["error"]
+    assert c.backend.docker_engine_target == ""
+
+
 def test_docker_socket_large_payload_both_ways_and_half_close(
         make_cove: Callable[..., Cove]) -> None:
     c = make_cove().running()
@@ -367,6 +412,42 @@ def test_docker_context_not_made_current_with_no_activate(make_cove: Callable[..
     if config_file.exists():
         assert "currentContext" not in json.loads(config_file.read_text())
     assert not (c.inst.folder / "previous-context").exists()
+
+
+def test_docker_context_left_alone_while_windows_containers_are_active(
+        make_cove: Callable[..., Cove], home: Path) -> None:
+    from desktop import engines
+
+    engines.save_mode(home, "windows")
+    c = make_cove().running()
+    # The VM runs and serves its socket, but the context stays on the Windows engine.
+    assert c.inst.docker_socket.exists()
+    assert not (home / "docker-config" / "contexts").exists()
+    assert not (c.inst.folder / "previous-context").exists()
+
+
+def test_docker_context_made_when_engine_json_is_unreadable(make_cove: Callable[..., Cove],
+                                                            home: Path) -> None:
+    (home / "engine.json").write_text("{not json")
+    c = make_cove().running()
+    assert _context_meta(home, "cove-t")["Name"] == "cove-t"
+    assert (home / "engine.json").read_text() == "{not json"  # the user's file is kept
+    assert c.backend.state == "running"
+
+
+def test_driver_with_its_own_link_is_used(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove()
+    tokens: list[str] = []
+
+    def make_link(token: str) -> backend.Link:
+        tokens.append(token)
+        host, port = c.driver.link_address()
+        return backend.Link(host, port, token)
+
+    c.driver.make_link = make_link  # type: ignore[attr-defined]
+    c.running()
+    boot = json.loads(c.inst.boot_config.read_text())
+    assert tokens == [boot["token"]]
 
 
 # -- stop --------------------------------------------------------------------------------

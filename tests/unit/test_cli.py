@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,12 +118,14 @@ def test_start_invalid_settings_file(cove_home: Path, capsys: pytest.CaptureFixt
     assert f.read_text() == '{"cpus": 2,'
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "UPPER", "images"])
+@pytest.mark.parametrize(("name", "why"), [("../x", "is not allowed"), ("a/b", "is not allowed"),
+                                         ("UPPER", "is not allowed"), ("images", "is reserved"),
+                                         ("windows", "is reserved")])
 def test_start_bad_instance_name(cove_home: Path, capsys: pytest.CaptureFixture[str],
-                                 name: str) -> None:
+                                 name: str, why: str) -> None:
     assert cli.main(["start", "--instance", name]) == 1
     line = _one_error_line(capsys.readouterr().err)
-    assert f"instance name {name!r} is not allowed" in line
+    assert f"instance name {name!r} {why}" in line
     assert not cove_home.exists()  # nothing created anywhere
     assert not (cove_home.parent / "x").exists()
 
@@ -398,3 +401,105 @@ def test_default_arch_follows_the_host(monkeypatch: pytest.MonkeyPatch, machine:
     monkeypatch.setattr(platform, "machine", lambda: machine)
     assert instance.default_arch() == arch
     assert instance.Settings().arch == arch
+
+
+# -- cove engine -------------------------------------------------------------------------
+
+
+def _fake_switcher(monkeypatch: pytest.MonkeyPatch, system: str = "Windows") -> Any:
+    from test_engines import FakeWindowsHost, _switcher
+
+    host = FakeWindowsHost(system=system)
+    home = instance.cove_home()
+    sock = home / "default" / "docker.sock"
+    monkeypatch.setattr(cli, "engine_switcher", lambda inst: _switcher(home, host, sock))
+    return host
+
+
+def test_engine_use_windows_refused_on_linux(cove_home: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_switcher(monkeypatch, system="Linux")
+    assert cli.main(["engine", "use", "windows"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "cove: error: Windows containers need a Windows host; this is Linux"
+    assert not (cove_home / "engine.json").exists()
+
+
+def test_engine_use_windows_and_status(cove_home: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _fake_switcher(monkeypatch)
+    assert cli.main(["engine", "use", "windows"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("engine: windows (native dockerd.exe), Docker 27.3.1; docker "
+                          "context 'cove' points at npipe:////./pipe/cove_windows_engine")
+    assert "the linux engine was left running" in out
+    assert host.service == "running"
+    assert cli.main(["engine", "status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert (st["mode"], st["running"], st["version"]) == ("windows", True, "27.3.1")
+    assert st["others"][0]["mode"] == "linux" and st["others"][0]["running"] is False
+    assert cli.main(["engine", "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "engine: windows (native dockerd.exe), running (Docker 27.3.1)"
+    assert lines[-1] == "  also:     linux (the Cove VM), not running"
+    # `cove status` says which engine is active, in text and JSON.
+    assert cli.main(["status"]) == 0
+    assert "  engine:  windows (native dockerd.exe)" in capsys.readouterr().out.splitlines()
+    assert cli.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "windows"
+
+
+def test_engine_use_dockerd_path_is_saved(cove_home: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _fake_switcher(monkeypatch)
+    host.files = {r"E:\bin\dockerd.exe"}
+    assert cli.main(["engine", "use", "windows", "--dockerd", r"E:\bin\dockerd.exe"]) == 0
+    saved = json.loads((cove_home / "windows" / "settings.json").read_text())
+    assert saved["dockerd"] == r"E:\bin\dockerd.exe"
+    assert host.binpath.startswith(r"E:\bin\dockerd.exe --run-service")
+    assert cli.main(["engine", "use", "linux", "--dockerd", "x"]) == 1
+    assert "--dockerd is for the windows engine" in capsys.readouterr().err
+
+
+def test_engine_use_needs_a_mode(cove_home: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_switcher(monkeypatch)
+    assert cli.main(["engine", "use"]) == 1
+    assert "needs an engine: linux or windows" in _one_error_line(capsys.readouterr().err)
+
+
+def test_status_shows_the_linux_engine_by_default(cove_home: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status"]) == 0
+    assert "  engine:  linux (the Cove VM)" in capsys.readouterr().out.splitlines()
+    assert cli.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "linux"
+
+
+def test_status_survives_a_corrupt_engine_json(cove_home: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cove_home.mkdir(parents=True)
+    (cove_home / "engine.json").write_text("{oops")
+    assert cli.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "unknown"
+    assert cli.main(["status"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "engine:" in ln][0]
+    assert "unknown" in line and "engine.json is not valid JSON" in line
+    assert (cove_home / "engine.json").read_text() == "{oops"
+
+
+def test_setup_hyperv_refused_off_windows(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["setup", "hyperv"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "Windows hosts with Hyper-V" in line and "QEMU" in line
+
+
+def test_shares_add_stores_the_normal_form_and_finds_it_again(
+        cove_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    assert cli.main(["shares", "add", str(folder) + "/", "--no-restart"]) == 0
+    assert cli.main(["shares", "add", str(folder) + "/./", "--no-restart"]) == 0
+    assert "already shared" in capsys.readouterr().out
+    assert cli.main(["shares", "remove", str(folder) + "//", "--no-restart"]) == 0
+    assert str(folder) not in instance.Instance("default").load_settings().shares

@@ -153,7 +153,7 @@ def test_valid_names(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["a/b", "..", ".", "", "UPPER", "Work", "images", "-x", "_x", "a b", "a" * 32,
+    ["a/b", "..", ".", "", "UPPER", "Work", "images", "windows", "-x", "_x", "a b", "a" * 32,
      "../x", "x/..", "é", "a\x00", "a\nb"],
 )
 def test_invalid_names(name: str, tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_load_settings_invalid_values_name_the_file(tmp_path: Path) -> None:
 
 def test_list_instances(tmp_path: Path) -> None:
     assert instance.list_instances(tmp_path / "none") == []
-    for name in ("work", "default", "images", "Bad", ".hidden"):
+    for name in ("work", "default", "images", "windows", "Bad", ".hidden"):
         (tmp_path / name).mkdir()
     (tmp_path / "afile").write_text("")
     assert instance.list_instances(tmp_path) == ["default", "work"]

@@ -31,6 +31,8 @@ class FakeGuest:
         self.echo.listen(16)
         self.opened: list[tuple[str, int]] = []
         self._socks: list[socket.socket] = [self.echo]
+        self._lock = threading.Lock()
+        self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -39,7 +41,11 @@ class FakeGuest:
                 c, _ = self.echo.accept()
             except OSError:
                 return
-            self._socks.append(c)
+            with self._lock:  # one accepted as close() runs is closed here, not leaked
+                if self._closed:
+                    c.close()
+                    return
+                self._socks.append(c)
             threading.Thread(target=self._echo_tcp, args=(c,), daemon=True).start()
 
     @staticmethod
@@ -73,7 +79,10 @@ class FakeGuest:
         return a
 
     def close(self) -> None:
-        for s in self._socks:
+        with self._lock:
+            self._closed = True
+            socks = list(self._socks)
+        for s in socks:
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:

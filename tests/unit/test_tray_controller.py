@@ -246,3 +246,34 @@ def test_quit_stops_cove(qtbot: QtBot, backend: FakeBackend, engine: FakeDockerA
     app.quit()
     qtbot.waitUntil(lambda: bool(quits), timeout=10000)
     assert backend.ops("stop")
+
+
+def test_switch_engine_runs_on_the_worker_and_shows_a_refusal(
+        qtbot: QtBot, inst: Instance, spawned: list[Instance]) -> None:
+    from test_engines import FakeWindowsHost, _switcher
+
+    host = FakeWindowsHost(system="Linux")
+    c = TrayController(inst, spawn=spawned.append,
+                       switcher=lambda: _switcher(inst.home, host, inst.docker_socket))
+    app = TrayApp(c, platform="win32")
+    notices: list[model.Notice] = []
+    c.notify.connect(notices.append)
+    try:
+        app.actions["switch_windows"].trigger()
+        assert c.state.switching_to == "windows"
+        assert ("Switching to Windows containers…", False) in _menu(app)
+        qtbot.waitUntil(lambda: bool(notices), timeout=5000)
+        assert notices == [model.Notice("Cove could not switch to Windows containers",
+                                        "Windows containers need a Windows host; this is "
+                                        "Linux", "warning")]
+        assert c.state.switching_to == "" and c.state.engine_mode == "linux"
+        # On a Windows host it switches, and the menu then offers the way back.
+        host._system = "Windows"
+        app.rebuild_menu()
+        app.actions["switch_windows"].trigger()
+        qtbot.waitUntil(lambda: c.state.engine_mode == "windows", timeout=5000)
+        assert notices[-1].title == "Cove uses Windows containers"
+        assert ("Switch to Linux containers…", True) in _menu(app)
+        assert host.service == "running"
+    finally:
+        c.close()

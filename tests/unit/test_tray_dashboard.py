@@ -190,3 +190,25 @@ def test_stopping_cove_empties_the_dashboard(env: Env) -> None:
     env.qtbot.waitUntil(lambda: env.dash.container_table.rowCount() == 0, timeout=5000)
     assert env.dash.banner.text() == "Cove is stopped"
     assert not env.dash.tabs.isEnabled()
+
+
+# -- the engine's address -----------------------------------------------------------------
+
+
+def test_docker_service_on_a_named_pipe_needs_no_socket_file(tmp_path: Path) -> None:
+    from desktop.tray.docker_service import DockerService
+
+    urls: list[str] = []
+    svc = DockerService(tmp_path / "absent.sock",
+                        client_factory=lambda url: urls.append(url) or object(),
+                        base_url="npipe:////./pipe/cove_engine")
+    assert svc.client is not None
+    assert urls == ["npipe:////./pipe/cove_engine"]
+
+
+def test_docker_service_on_a_missing_unix_socket_says_start_cove(tmp_path: Path) -> None:
+    from desktop.tray.docker_service import DockerError, DockerService
+
+    svc = DockerService(tmp_path / "absent.sock", client_factory=lambda url: object())
+    with pytest.raises(DockerError, match="start Cove first"):
+        svc.client  # noqa: B018 - the property connects

@@ -145,3 +145,31 @@ def test_emitting_signals_keeps_true_alive() -> None:
         emit(s.ping, i)
     assert got == list(range(500))
     assert abs(sys.getrefcount(True) - before) < 50  # not 500 fewer
+
+
+def test_switch_entry_follows_the_engine_mode() -> None:
+    st = TrayState()
+    assert dict(_keys(st, "win32"))["switch_windows"] is True
+    st.engine_mode = "windows"
+    keys = dict(_keys(st, "win32"))
+    assert "switch_windows" not in keys and keys["switch_linux"] is True
+    texts = [e.text for e in model.menu_entries(st, "win32")]
+    assert "Switch to Linux containers…" in texts
+    assert "Switch to Windows containers…" not in texts
+    assert "switch_linux" not in dict(_keys(st, "linux"))  # only on Windows hosts
+    assert "Windows containers" in model.tooltip(st)
+
+
+def test_switch_entry_while_switching_and_busy() -> None:
+    st = TrayState(switching_to="windows")
+    entry = model.switch_entry(st)
+    assert entry == model.Entry("switch_windows", "Switching to Windows containers…", False)
+    st = TrayState(state="starting")
+    assert model.switch_entry(st).enabled is False
+
+
+def test_switch_notices() -> None:
+    n = model.switch_failed_notice("windows", "Windows containers need a Windows host")
+    assert n == model.Notice("Cove could not switch to Windows containers",
+                             "Windows containers need a Windows host", "warning")
+    assert model.switch_notice("linux").title == "Cove uses Linux containers"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 import os
 import shutil
@@ -426,3 +427,24 @@ def test_foreign_arch_that_cannot_be_enabled_says_how(
     with pytest.raises(builder.BuildError, match="update-binfmts --enable qemu-aarch64"):
         builder.enable_foreign_arch("arm64", tmp_path, lambda c, **k: None,
                                     host="x86_64")  # type: ignore[arg-type,return-value]
+
+
+def test_install_agent_puts_init_poweroff_and_the_agent_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chrooted: list[list[str]] = []
+    monkeypatch.setattr(builder, "_run", lambda cmd, what: chrooted.append(cmd))
+    root = tmp_path / "root"
+    (root / "sbin").mkdir(parents=True)
+    (root / "usr/lib/python3/dist-packages").mkdir(parents=True)
+    (root / "sbin/init").symlink_to("/lib/systemd/systemd")  # what a package left there
+    builder._install_agent(root, "amd64-test")
+    init, poweroff = root / "sbin/init", root / "sbin/poweroff"
+    assert not init.is_symlink() and init.read_bytes() == (
+        builder.HERE / "files/sbin-init").read_bytes()
+    assert poweroff.stat().st_mode & 0o777 == 0o755
+    # The kernel's orderly power-off goes to the agent (its pid file), not a hard stop.
+    text = poweroff.read_text()
+    assert "/run/cove/agent.pid" in text and "kill -PWR" in text
+    assert (root / "usr/lib/python3/dist-packages/guest_engine/agent.py").is_file()
+    assert json.loads((root / "etc/cove/image.json").read_text()) == {"key": "amd64-test"}
+    assert [c[:2] for c in chrooted] == [["chroot", str(root)]] * 3

@@ -1,0 +1,33 @@
+"""The benchmarks' own arithmetic: figures, ratios and the profile summary (no VM)."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks.common import Figure
+from benchmarks.profile import summarize
+
+
+def test_figure_ratio_is_of_the_medians() -> None:
+    f = Figure("x", "ms", [10, 30, 20, 1000, 15], "base", [5, 10, 100])
+    row = f.row()
+    assert row["value"] == {"min": 10, "median": 20, "max": 1000}
+    assert row["base"]["median"] == 10
+    assert row["ratio"] == 2.0
+
+
+def test_figure_ratio_with_a_zero_baseline_is_nan() -> None:
+    assert math.isnan(Figure("x", "s", [1.0], "base", [0.0]).row()["ratio"])
+
+
+def test_profile_summary_counts_own_and_total_once_per_stack() -> None:
+    raw = ("main (a.py:1);relay (r.py:5);recv (r.py:9) 6\n"
+           "main (a.py:1);relay (r.py:5) 3\n"
+           "main (a.py:1);guard (g.py:2);relay (r.py:5) 1\n"
+           "garbage line\n")
+    own, total, n = summarize(raw)
+    assert n == 10
+    assert dict(own) == {"recv (r.py:9)": 6, "relay (r.py:5)": 4}
+    assert dict(total)["main (a.py:1)"] == 10
+    assert dict(total)["relay (r.py:5)"] == 10  # counted once even when on the stack twice
+    assert dict(total)["guard (g.py:2)"] == 1
