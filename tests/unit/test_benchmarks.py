@@ -31,3 +31,14 @@ def test_profile_summary_counts_own_and_total_once_per_stack() -> None:
     assert dict(total)["main (a.py:1)"] == 10
     assert dict(total)["relay (r.py:5)"] == 10  # counted once even when on the stack twice
     assert dict(total)["guard (g.py:2)"] == 1
+
+
+def test_render_skips_results_that_are_not_a_suite(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    common.save_suite("api", [Figure("ping", "ms", [2.0], "echo", [1.0])], "tcg")
+    (tmp_path / "package.json").write_text('{"deb_bytes": 1}')
+    md = common.render()
+    assert "### api" in md and "| ping | 2 ms" in md and "2.00x" in md
+    assert "package" not in md
