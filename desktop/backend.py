@@ -33,7 +33,14 @@ from desktop import apiguard, context, drivers, engines, filewatch, pidfile, ssh
 from desktop.control import ControlError
 from desktop.drivers import Driver, DriverError, SharedFolder, VMSpec
 from desktop.drivers.qemu import free_port
-from desktop.instance import Instance, Settings, SettingsError, parse_shares, remove_socket
+from desktop.instance import (
+    Instance,
+    Settings,
+    SettingsError,
+    default_shares,
+    parse_shares,
+    remove_socket,
+)
 from desktop.link import AgentError, ControlChannel, Link, LinkError
 from desktop.platform import endpoints, winpipe
 from desktop.platform.endpoints import Listener, Stream
@@ -290,7 +297,16 @@ class Backend:
             raise StartError(vm_image.builder.missing_image_message(s.arch))
         if self.driver is None:
             self.driver = drivers.pick(arch=s.arch, accel_cache=inst.home / "accel.json")
-        shares, notes = self.driver.resolve_shares(parse_shares(s.shares))
+        try:
+            shares, notes = self.driver.resolve_shares(parse_shares(s.shares))
+        except DriverError as e:
+            if s.shares != default_shares():
+                raise  # folders the user chose: the start fails, naming why
+            # The default share where this host's hypervisor cannot share yet (Windows):
+            # the VM starts without it and says so, rather than not starting at all.
+            log.warning("the default shared folders are not shared: %s", e)
+            self.events.emit("shares_unavailable", message=str(e))
+            shares, notes = [], []
         self.shares = shares
         for note in notes:
             log.info("%s", note)

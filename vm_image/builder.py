@@ -249,6 +249,7 @@ def build(
         )
     idir = images_dir(home)
     idir.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(idir)
     if not (find_base(a, idir) and not force):
         enable_foreign_arch(a.name)
     base = _build_base(a, idir, force, say)
@@ -356,6 +357,31 @@ def enable_foreign_arch(arch: str, binfmt: Path = BINFMT,
             f"`update-binfmts --enable {emulator}` as root (a container may need "
             "--privileged for that)"
         )
+
+
+def remove_stale_builds(idir: Path) -> list[str]:
+    """Remove the work folders (`.build-<key>-<pid>`, `.base-<key>-<pid>`) of builds whose
+    process is gone (killed, or the machine stopped): each can hold hundreds of MiB.
+    A running build's folder is left alone. Returns the names removed."""
+    removed = []
+    for p in sorted(idir.glob(".build-*")) + sorted(idir.glob(".base-*")):
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        log.info("removed %s, left by an interrupted build", p)
+        removed.append(p.name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def find_base(a: recipe.Arch, idir: Path) -> Path | None:

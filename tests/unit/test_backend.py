@@ -435,6 +435,37 @@ def test_docker_context_made_when_engine_json_is_unreadable(make_cove: Callable[
     assert c.backend.state == "running"
 
 
+def _refuse_shares(c: Cove) -> None:
+    def resolve_shares(shares: list[tuple[str, str]]) -> Any:
+        raise backend.DriverError("this hypervisor cannot share host folders yet")
+
+    c.driver.resolve_shares = resolve_shares  # type: ignore[method-assign]
+
+
+def test_default_shares_a_driver_cannot_make_do_not_stop_the_start(
+        make_cove: Callable[..., Cove], tmp_path: Path) -> None:
+    c = make_cove()
+    _refuse_shares(c)
+    c.running()
+    ev = c.wait_event("shares_unavailable")
+    assert "cannot share host folders yet" in ev["message"]
+    assert c.request("status")["shares"] == []
+
+
+def test_chosen_shares_a_driver_cannot_make_fail_the_start(
+        make_cove: Callable[..., Cove], home: Path, tmp_path: Path) -> None:
+    inst = Instance("t", home=home)  # the settings the backend reads when it is made
+    inst.ensure_folder()
+    settings = inst.load_settings()
+    settings.shares = [str(tmp_path)]
+    inst.save_settings(settings)
+    c = make_cove()
+    _refuse_shares(c)
+    c.start()
+    assert c.join() == 1
+    assert "cannot share host folders yet" in c.wait_event("error")["reason"]
+
+
 def test_driver_with_its_own_link_is_used(make_cove: Callable[..., Cove]) -> None:
     c = make_cove()
     tokens: list[str] = []

@@ -448,3 +448,15 @@ def test_install_agent_puts_init_poweroff_and_the_agent_in_place(
     assert (root / "usr/lib/python3/dist-packages/guest_engine/agent.py").is_file()
     assert json.loads((root / "etc/cove/image.json").read_text()) == {"key": "amd64-test"}
     assert [c[:2] for c in chrooted] == [["chroot", str(root)]] * 3
+
+
+def test_stale_build_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free now (reused only after the pid space wraps)
+    for name in (f".build-amd64-abc-{dead.pid}", f".base-abc-{dead.pid}",
+                 f".build-amd64-abc-{os.getpid()}", "amd64-abc", ".build-odd-name-x"):
+        (tmp_path / name / "root").mkdir(parents=True)
+    removed = builder.remove_stale_builds(tmp_path)
+    assert sorted(removed) == sorted([f".build-amd64-abc-{dead.pid}", f".base-abc-{dead.pid}"])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f".build-amd64-abc-{os.getpid()}", ".build-odd-name-x", "amd64-abc"])
