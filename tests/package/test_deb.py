@@ -139,8 +139,28 @@ def _docker(r: Chroot, *args: str, check: bool = True) -> subprocess.CompletedPr
     proc = subprocess.run(["docker", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+        where = _keep_logs(r)
+        raise AssertionError(f"docker {' '.join(args)} failed (the instance's logs are in "
+                             f"{where}):\n{proc.stdout}{proc.stderr}")
     return proc
+
+
+def _keep_logs(r: Chroot) -> Path:
+    """Copy the instance's logs (and the guest's agent and dockerd logs) out of the root,
+    which is deleted after the test, for a failure's post-mortem."""
+    dest = Path(os.environ.get("COVE_TEST_LOGS", "/tmp/cove-test-logs")) / "package"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    folder = r.home / ".cove" / INSTANCE
+    for name in ("backend.log", "events.log", "serial.log", "serial.prev.log",
+                 "backend.out"):
+        if (folder / name).exists():
+            shutil.copy2(folder / name, dest / name)
+    for name in ("agent", "dockerd", "containerd"):
+        got = r.run("cove", "logs", "-i", INSTANCE, name, "-n", "300", user=True,
+                    check=False, timeout=60)
+        (dest / f"{name}.log").write_text(got.stdout + got.stderr)
+    return dest
 
 
 def _version_seconds(r: Chroot, runs: int = 5) -> float:
