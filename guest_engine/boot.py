@@ -125,6 +125,26 @@ def mount_filesystems() -> None:
         )
     except OSError as e:
         log.warning("cgroup controllers not delegated: %s", e)
+    pin_cgroup_keys()
+
+
+# A child cgroup that lives as long as the VM. The kernel flips static keys (live code
+# patching) when the first child cgroup of a controller appears (cpuset's is tested in
+# the page allocator) and flips some back when the last one goes. Under software
+# emulation with several vCPUs a vCPU can run the half-patched code and the kernel dies
+# ("Oops: int3"); seen at a container's first start after boot. Made here, the flip
+# happens before the agent answers, where a crash is met by the host booting again, and
+# no container start or exit flips it later.
+PINNED_CGROUP = Path("/sys/fs/cgroup/cove.pin")
+
+
+def pin_cgroup_keys(path: Path = PINNED_CGROUP) -> bool:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as e:
+        log.warning("cgroup %s not made: %s", path, e)
+        return False
+    return True
 
 
 def load_modules() -> None:

@@ -333,3 +333,11 @@ def test_relocate_root_home_missing_passwd_raises_oserror(passwd: Path) -> None:
     passwd.unlink()
     with pytest.raises(OSError):
         boot.relocate_root_home()
+
+
+def test_pinned_cgroup_is_made_once_and_kept(tmp_path: Path) -> None:
+    pin = tmp_path / "cove.pin"
+    assert boot.pin_cgroup_keys(pin) is True
+    assert boot.pin_cgroup_keys(pin) is True  # a second boot step finds it: no error
+    assert pin.is_dir()
+    assert boot.pin_cgroup_keys(tmp_path / "missing-parent" / "cove.pin") is False
