@@ -333,7 +333,7 @@ class Backend:
         for attempt in (1, 2):
             self.set_state("starting", step="vm", image=image.key, attempt=attempt)
             self.driver.start(self.spec)
-            self.link = self._make_link(token)
+            self.link = self.driver.make_link(token)
             self.channel = ControlChannel(self.link, self._on_agent_event,
                                           self._on_link_state)
             self.set_state("starting", step="agent", accel=self.driver.accel,
@@ -382,16 +382,6 @@ class Backend:
         self.running_at = time.time()
         self.set_state("running", engine_version=self.engine_version,
                        seconds=round(self.running_at - (self.started_at or 0), 1))
-
-    def _make_link(self, token: str) -> Link:
-        """The guest link: the driver's own where it has one (Hyper-V: hvsock, which also
-        carries the boot config), else TCP to the address the driver forwards."""
-        assert self.driver is not None
-        make = getattr(self.driver, "make_link", None)
-        if make is not None:
-            return make(token)
-        host, port = self.driver.link_address()
-        return Link(host, port, token)
 
     def _why_not_up(self) -> str:
         if not self._vm_alive():

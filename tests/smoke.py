@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import os
 import shlex
 import shutil
@@ -30,23 +29,40 @@ ELF_MACHINE = {"amd64": 0x3E, "arm64": 0xB7}
 UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
-def busybox_from_initramfs(initramfs: Path) -> bytes:
-    """bin/busybox out of Cove's initramfs (a gzip'd newc cpio), with no cpio tool (the
-    format is simple: a 110-byte ASCII header, the name, the data, each 4-aligned)."""
-    data = io.BytesIO(gzip.decompress(initramfs.read_bytes()))
+def read_newc(data: bytes) -> list[tuple[str, int, bytes]]:
+    """(name, mode, data) of each entry of a newc cpio archive (what Cove's initramfs is,
+    gzip'd): a 110-byte ASCII header, the name, the data, each padded to 4 bytes.
+    ValueError when the layout is wrong or anything follows the trailer."""
+    out = []
+    pos = 0
     while True:
-        header = data.read(110)
-        if len(header) < 110 or header[:6] != b"070701":
-            raise ValueError(f"{initramfs}: not a newc cpio archive")
-        size, namesize = int(header[54:62], 16), int(header[94:102], 16)
-        name = data.read(namesize)[:-1].decode()
-        data.seek((-(110 + namesize)) % 4, os.SEEK_CUR)
-        body = data.read(size)
-        data.seek((-size) % 4, os.SEEK_CUR)
-        if name == "bin/busybox":
-            return body
-        if name == "TRAILER!!!":
-            raise ValueError(f"{initramfs}: no bin/busybox in it")
+        if data[pos : pos + 6] != b"070701":
+            raise ValueError(f"not a newc cpio archive: bad magic at byte {pos}")
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_start = pos + 110
+        name = data[name_start : name_start + namesize]
+        if not name.endswith(b"\0"):
+            raise ValueError(f"entry name at byte {name_start} is not NUL-terminated")
+        body = name_start + namesize
+        body += -body % 4
+        content = data[body : body + size]
+        pos = body + size
+        pos += -pos % 4
+        if name[:-1] == b"TRAILER!!!":
+            if pos != len(data):
+                raise ValueError(f"{len(data) - pos} bytes after the archive's trailer")
+            return out
+        out.append((name[:-1].decode(), mode, content))
+
+
+def busybox_from_initramfs(initramfs: Path) -> bytes:
+    """bin/busybox out of Cove's initramfs, with no cpio tool."""
+    entries = {name: body for name, _, body in read_newc(gzip.decompress(
+        initramfs.read_bytes()))}
+    if "bin/busybox" not in entries:
+        raise ValueError(f"{initramfs}: no bin/busybox in it")
+    return entries["bin/busybox"]
 
 
 class Smoke:

@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from desktop.link import Link
 
 
 class DriverError(Exception):
@@ -127,6 +130,12 @@ class Driver(Protocol):
 
     def link_address(self) -> tuple[str, int]:
         """Where the host reaches the guest agent (TCP)."""
+        ...
+
+    def make_link(self, token: str) -> Link:
+        """The guest link for this boot, authenticated with `token`: TCP to
+        `link_address()` (QEMU), or the driver's own transport (Hyper-V: hvsock, which
+        also carries the boot config)."""
         ...
 
     def resolve_shares(self, shares: list[tuple[str, str]]) -> tuple[list[SharedFolder],

@@ -35,6 +35,7 @@ from desktop.drivers import (
     VMSpec,
     register,
 )
+from desktop.link import Link
 
 log = logging.getLogger(__name__)
 
@@ -585,6 +586,9 @@ class QemuDriver:
     def link_address(self) -> tuple[str, int]:
         assert self.spec is not None
         return "127.0.0.1", self.spec.link_port
+
+    def make_link(self, token: str) -> Link:
+        return Link(*self.link_address(), token)
 
 
 @register(priority=10)

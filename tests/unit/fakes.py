@@ -19,6 +19,7 @@ from typing import Any
 
 import vm_image
 from desktop.drivers import Capabilities, SharedFolder, VMSpec
+from desktop.link import Link
 from guest_engine import protocol, server
 
 AGENT_VERSION = "0.1.0"
@@ -319,6 +320,9 @@ class FakeDriver:
         if agent is not None and self._running:
             return "127.0.0.1", agent.port
         return "127.0.0.1", self.spec.link_port  # nothing listens there
+
+    def make_link(self, token: str) -> Link:
+        return Link(*self.link_address(), token)
 
     def resolve_shares(self, shares: list[tuple[str, str]]) -> tuple[list[SharedFolder],
                                                                      list[str]]:

@@ -466,7 +466,7 @@ def test_chosen_shares_a_driver_cannot_make_fail_the_start(
     assert "cannot share host folders yet" in c.wait_event("error")["reason"]
 
 
-def test_driver_with_its_own_link_is_used(make_cove: Callable[..., Cove]) -> None:
+def test_the_link_comes_from_the_driver(make_cove: Callable[..., Cove]) -> None:
     c = make_cove()
     tokens: list[str] = []
 
@@ -475,7 +475,7 @@ def test_driver_with_its_own_link_is_used(make_cove: Callable[..., Cove]) -> Non
         host, port = c.driver.link_address()
         return backend.Link(host, port, token)
 
-    c.driver.make_link = make_link  # type: ignore[attr-defined]
+    c.driver.make_link = make_link  # type: ignore[method-assign]
     c.running()
     boot = json.loads(c.inst.boot_config.read_text())
     assert tokens == [boot["token"]]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.smoke import read_newc
 from vm_image import builder, recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,28 +48,6 @@ def test_mirror_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- cpio / initramfs --------------------------------------------------------------------
 
 
-def _parse_newc(data: bytes) -> list[tuple[str, int, bytes]]:
-    """(name, mode, data) of each entry of a newc archive, checking its layout."""
-    out = []
-    pos = 0
-    while True:
-        assert data[pos : pos + 6] == b"070701", f"bad magic at {pos}"
-        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
-        mode, size, namesize = fields[1], fields[6], fields[11]
-        name_start = pos + 110
-        name = data[name_start : name_start + namesize]
-        assert name.endswith(b"\0")
-        body = name_start + namesize
-        body += -body % 4  # the header and name are padded to 4 bytes
-        content = data[body : body + size]
-        pos = body + size
-        pos += -pos % 4
-        if name[:-1] == b"TRAILER!!!":
-            assert pos == len(data)
-            return out
-        out.append((name[:-1].decode(), mode, content))
-
-
 FILES = [
     ("bin/busybox", b"\x7fELF busybox" * 100, 0o755),
     ("init", b"#!/bin/busybox sh\necho hi\n", 0o755),
@@ -79,7 +58,7 @@ FILES = [
 
 
 def test_cpio_newc_layout() -> None:
-    entries = _parse_newc(builder._cpio(FILES))
+    entries = read_newc(builder._cpio(FILES))
     by_name = {n: (m, d) for n, m, d in entries}
     # Parent folders come first, each once.
     dirs = [n for n, m, _ in entries if m & 0o170000 == 0o040000]
@@ -161,7 +140,7 @@ def test_initramfs_from_a_fake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     root = _fake_root(tmp_path, kver)
     blob = builder._initramfs(root, kver)
     assert blob == builder._initramfs(root, kver)  # reproducible (gzip mtime 0)
-    entries = {n: (m, d) for n, m, d in _parse_newc(gzip.decompress(blob))}
+    entries = {n: (m, d) for n, m, d in read_newc(gzip.decompress(blob))}
     assert entries["bin/busybox"] == (0o100755, b"\x7fELF busybox")
     assert entries["init"] == (0o100755, (builder.HERE / "files/init").read_bytes())
     order = entries["modules.order"][1].decode().split()
