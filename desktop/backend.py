@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
-from desktop import apiguard, context, drivers, engines, filewatch, pidfile, ssh
+from desktop import apiguard, context, drivers, engines, filewatch, ninep, pidfile, ssh
 from desktop.control import ControlError
 from desktop.drivers import Driver, DriverError, SharedFolder, VMSpec
 from desktop.drivers.qemu import free_port
@@ -185,6 +185,8 @@ class Backend:
         self._last_time_push = 0.0
         self._clock_offset_ns = 0  # a simulated jump of the host's clock (tests)
         self.shares: list[SharedFolder] = []  # what this boot shares (settings may differ)
+        self.share_errors: dict[str, str] = {}  # host path -> why it is not mounted
+        self.share_servers: list[ninep.ShareServer] = []  # the "link" shares' servers
         self._bind_check = apiguard.make_check(lambda: [sh.path for sh in self.shares],
                                                self._watch_binds)
         self._watcher: filewatch.Watcher | None = None
@@ -226,7 +228,10 @@ class Backend:
             "reason": self.reason,
             "engine_error": self.agent_hello.get("engine_error", ""),
             "ports": self.forwarder.snapshot() if self.forwarder else [],
-            "shares": [{"path": sh.path, "transport": sh.transport} for sh in self.shares],
+            "shares": [{"path": sh.path, "transport": sh.transport, "vm_path": sh.guest_path,
+                        **({"error": self.share_errors[sh.path]}
+                           if sh.path in self.share_errors else {})}
+                       for sh in self.shares],
             "shares_pending": self.shares_pending(),
             "docker_engine": self._docker_engine_status(),
         }
@@ -351,6 +356,7 @@ class Backend:
                 continue
             raise StartError("the guest agent did not answer " + self._why_not_up())
         threading.Thread(target=self._watch_vm, daemon=True, name="vm-watch").start()
+        self._serve_link_shares()
         self.set_state("starting", step="engine",
                        agent_version=self.agent_hello.get("agent_version"))
         deadline = time.monotonic() + ENGINE_TIMEOUT
@@ -382,6 +388,31 @@ class Backend:
         self.running_at = time.time()
         self.set_state("running", engine_version=self.engine_version,
                        seconds=round(self.running_at - (self.started_at or 0), 1))
+
+    def _serve_link_shares(self) -> None:
+        """Serve each "link" share (`desktop.ninep`) on its own ``fs <n>`` stream and have
+        the agent mount it. A share that fails is reported (event ``share_failed``, the
+        status' shares) and the start goes on, as for a device share the guest could not
+        mount."""
+        link, channel = self.link, self.channel
+        assert link is not None and channel is not None
+        self.share_servers = []
+        self.share_errors = {}
+        for i, sh in enumerate(self.shares):
+            if sh.transport != "link":
+                continue
+            self.set_state("starting", step="shares")
+            server = ninep.ShareServer(sh.path)
+            try:
+                ninep.serve_in_thread(server, link.open("fs", i), f"share-{i}")
+                channel.request("mount_share", index=i, timeout=40)
+            except LinkError as e:
+                self.share_errors[sh.path] = str(e)
+                log.error("share %s (in the VM at %s): %s", sh.path, sh.guest_path, e)
+                self.events.emit("share_failed", path=sh.path, message=str(e))
+                continue
+            self.share_servers.append(server)
+            log.info("share %s served over the guest link at %s", sh.path, sh.guest_path)
 
     def _why_not_up(self) -> str:
         if not self._vm_alive():

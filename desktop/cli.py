@@ -23,6 +23,7 @@ from desktop.instance import (
     DEFAULT_INSTANCE,
     GIB,
     MIB,
+    SHARE_TRANSPORTS,
     Instance,
     SettingsError,
     parse_shares,
@@ -417,16 +418,25 @@ def cmd_shares(args: argparse.Namespace) -> int:
     running = st["state"] in ("running", "starting", "degraded")
     if args.action == "list":
         booted = {sh["path"]: sh["transport"] for sh in st.get("shares") or []}
+        failed = {sh["path"]: sh["error"] for sh in st.get("shares") or [] if sh.get("error")}
+        in_vm = {sh["path"]: sh.get("vm_path", sh["path"]) for sh in st.get("shares") or []}
         saved = parse_shares(settings.shares)
         if args.json:
             print(json.dumps([{"path": p, "transport": booted.get(p, t),
-                               "mounted": p in booted} for p, t in saved], indent=2))
+                               "mounted": p in booted and p not in failed,
+                               "vm_path": in_vm.get(p, p),
+                               **({"error": failed[p]} if p in failed else {})}
+                              for p, t in saved], indent=2))
             return 0
         if not saved:
             print("No folder is shared with the VM (add one: cove shares add PATH)")
         for path, transport in saved:
             where = f"mounted ({booted[path]})" if path in booted else (
                 "after a restart" if running else transport)
+            if path in failed:
+                where = f"not mounted ({booted[path]}): {failed[path]}"
+            elif in_vm.get(path, path) != path:
+                where += f" at {in_vm[path]} in the VM"
             print(f"{path:40} {where}")
         for path in booted:
             if path not in dict(saved):
@@ -699,8 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr = add("shares", cmd_shares, "list, add or remove host folders shared with the VM")
     sr.add_argument("action", nargs="?", choices=["list", "add", "remove"], default="list")
     sr.add_argument("path", nargs="?", help="the host folder")
-    sr.add_argument("--transport", choices=["auto", "virtiofs", "9p"], default="auto",
-                    help="how the folder is shared (default: virtiofs where possible)")
+    sr.add_argument("--transport", choices=list(SHARE_TRANSPORTS), default="auto",
+                    help="how the folder is shared (default: virtiofs where possible; "
+                         "link: Cove's own file server, what Windows uses)")
     sr.add_argument("--json", action="store_true", help="machine-readable list")
     rg = sr.add_mutually_exclusive_group()
     rg.add_argument("--restart", dest="restart", action="store_true", default=None,

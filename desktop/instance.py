@@ -72,7 +72,9 @@ def default_cpus() -> int:
     return max(1, min(host_cpus(), 4))
 
 
-SHARE_TRANSPORTS = ("auto", "virtiofs", "9p")
+# "link": Cove's own 9P server over the guest link (`desktop.ninep`), what Windows hosts
+# use; any host can choose it (slower than the hypervisor's devices).
+SHARE_TRANSPORTS = ("auto", "virtiofs", "9p", "link")
 # The VM's own folders: a share mounted on or over one of them would break the VM.
 VM_RESERVED = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/mnt/data", "/proc",
                "/run", "/sbin", "/sys", "/usr", "/var/lib/containerd", "/var/lib/docker",
@@ -102,7 +104,7 @@ def _under(path: str, root: str) -> bool:
 def parse_shares(entries: Any, paths: HostPaths = HOST_PATHS) -> list[tuple[str, str]]:
     """The `shares` setting as [(path, transport)]; SettingsError names the bad entry.
 
-    An entry is a folder path, or {"path": ..., "transport": "auto"|"virtiofs"|"9p"}.
+    An entry is a folder path, or {"path": ..., "transport": "auto"|"virtiofs"|"9p"|"link"}.
     Each folder is mounted in the VM at the same path, so it must be absolute and
     normalized, must not be (or contain) one of the VM's own folders, and shares must
     not nest (one mount would hide part of the other). With Windows `paths`, a folder is

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -56,6 +57,8 @@ class Agent:
         self.engine = engine.Engine(self.link.broadcast)
         self.ports = PortWatcher(self.link.broadcast, own_ports={protocol.AGENT_PORT, SSH_PORT})
         self.time_adjustments = 0
+        self._share_streams: dict[int, socket.socket] = {}
+        self._share_cv = threading.Condition()
 
     # -- Controller ------------------------------------------------------------------
 
@@ -107,6 +110,8 @@ class Agent:
             return {"ok": True, "result": self.ports.snapshot()}
         if op == "touch":
             return {"ok": True, "result": self.touch(req.get("changes") or [])}
+        if op == "mount_share":
+            return self.mount_share(req.get("index"), float(req.get("wait", 10)))
         if op == "shutdown":
             self.request_shutdown("requested by the host")
             return {"ok": True, "result": "shutting down"}
@@ -160,6 +165,50 @@ class Agent:
             except (OSError, NotImplementedError):
                 pass  # gone again, or a symlink (no lchmod on Linux)
         return done
+
+    def share_stream(self, index: int, conn: socket.socket) -> None:
+        """Keep the host's ``fs <index>`` stream until `mount_share` gives it to the kernel
+        (a newer stream for the same share replaces an unused one)."""
+        with self._share_cv:
+            old = self._share_streams.pop(index, None)
+            self._share_streams[index] = conn
+            self._share_cv.notify_all()
+        if old is not None:
+            old.close()
+
+    def mount_share(self, index: Any, wait: float) -> dict[str, Any]:
+        """Mount host-served share `index` on its stream; the reply carries mount's error."""
+        shares = self.info.shares
+        if not isinstance(index, int) or not 0 <= index < len(shares) or \
+                shares[index].get("transport") != boot.LINK_TRANSPORT:
+            return {"ok": False, "error": f"no share {index!r} is served by the host"}
+        entry = shares[index]
+        deadline = time.monotonic() + max(0.0, min(wait, 60.0))
+        with self._share_cv:
+            while index not in self._share_streams:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return {"ok": False, "error": f"no fs {index} stream came from the host"}
+                self._share_cv.wait(left)
+            conn = self._share_streams.pop(index)
+        try:
+            boot.mount_link_share(entry, conn.fileno())
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+            entry["error"] = str(e)
+            entry.pop("pending", None)
+            log.error("share %s over the link: %s", entry["path"], e)
+            return {"ok": False, "error": str(e)}
+        finally:
+            conn.close()  # the mount keeps its own reference
+        entry["error"] = ""
+        entry.pop("pending", None)
+        self._drop_share_error(entry["path"])
+        log.info("share %s mounted over the link", entry["path"])
+        return {"ok": True, "result": entry}
+
+    def _drop_share_error(self, path: str) -> None:
+        prefix = f"share {path}: "
+        self.info.errors[:] = [e for e in self.info.errors if not e.startswith(prefix)]
 
     def set_time(self, ns: int) -> dict[str, Any]:
         drift = ns - time.clock_gettime_ns(time.CLOCK_REALTIME)

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from guest_engine import dns, protocol
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: boot time under emulation
+    from typing import Any
+
 log = logging.getLogger(__name__)
 
 DATA_MOUNT = Path("/mnt/data")
@@ -83,8 +87,10 @@ def sysfs_glob(pattern: str) -> list[str]:
     return paths
 
 
-def run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], check: bool = True, timeout: float = 60,
+        pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          pass_fds=pass_fds)
     if check and proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
@@ -468,6 +474,10 @@ def setup_data_disk() -> tuple[str | None, dict]:
 
 
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=524288,cache=mmap"
+# A share the host serves itself over a link stream (`desktop.ninep`): the kernel's 9p
+# client reads and writes the stream's socket (descriptor N in the mount process).
+LINK_NINEP_OPTIONS = "trans=fd,rfdno={fd},wfdno={fd},version=9p2000.L,msize=1048576,cache=mmap"
+LINK_TRANSPORT = "link"
 VM_ROOT_HOME = RUN_DIR / "root"
 # Never mounted on or under: the VM's own folders (the host validates this too).
 SHARE_NOT_ON = ("/", "/mnt", "/var", "/var/lib")
@@ -505,11 +515,16 @@ def mount_shares(shares: list) -> list[dict]:
     for sh in shares:
         path, tag, transport = str(sh.get("path", "")), str(sh.get("tag", "")), \
             str(sh.get("transport", ""))
-        entry = {"path": path, "tag": tag, "transport": transport, "error": ""}
+        entry: dict[str, Any] = {"path": path, "tag": tag, "transport": transport,
+                                 "error": ""}
         out.append(entry)
         if not share_path_allowed(path):
             entry["error"] = "refused: not a folder Cove mounts shares on"
             continue
+        if transport == LINK_TRANSPORT:
+            entry["error"] = "waiting for the host's file server"
+            entry["pending"] = True
+            continue  # mounted once the link is up (`mount_link_share`)
         modules = ["virtiofs"] if transport == "virtiofs" else ["9pnet_virtio", "9p"]
         for m in modules:
             if m not in loaded:
@@ -525,6 +540,21 @@ def mount_shares(shares: list) -> list[dict]:
             entry["error"] = str(e)
             log.error("share %s (%s over %s): %s", path, tag, transport, e)
     return out
+
+
+def mount_link_share(entry: dict, fd: int) -> None:
+    """Mount a host-served share: the kernel's 9p client on the link socket `fd`.
+
+    The kernel takes its own reference to the socket, so the caller may close `fd`
+    afterwards. Raises RuntimeError with mount's message."""
+    path = entry["path"]
+    for m in ("9pnet_fd", "9p"):
+        run(["modprobe", m], check=False)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(path):
+        raise RuntimeError(f"{path} is mounted already")
+    run(["mount", "-t", "9p", "-o", LINK_NINEP_OPTIONS.format(fd=fd), entry["tag"], path],
+        pass_fds=(fd,))
 
 
 def balloon_present() -> bool:
@@ -554,7 +584,7 @@ def early(info: BootInfo) -> None:
         info.errors.append(f"root home: {e}")
     info.shares = mount_shares(info.config.get("shares") or [])
     for sh in info.shares:
-        if sh["error"]:
+        if sh["error"] and not sh.get("pending"):
             info.errors.append(f"share {sh['path']}: {sh['error']}")
     try:
         info.data_device, info.disk = setup_data_disk()

@@ -17,6 +17,8 @@ the wrong token gets no reply: the agent closes the connection. After the header
 * ``udp <port>``: datagrams to 127.0.0.1:<port>, each framed as a 2-byte big-endian
   length and the payload, both ways.
 * ``echo``: every byte is sent back (the link's floor, for benchmarks).
+* ``fs <n>``: the host serves boot-config share n over 9P2000.L on this stream; the
+  agent hands the socket to the kernel when the host asks (control op ``mount_share``).
 
 Data streams send no reply before relaying, so opening one costs no round trip beyond
 the connection itself; a target that cannot be reached closes the stream.
@@ -38,7 +40,8 @@ if TYPE_CHECKING:  # typing is not imported at run time: boot time under emulati
 VERSION = "COVE/1"
 AGENT_PORT = 10811  # the agent's TCP port inside the guest
 MAX_HEADER = 512
-DATA_OPS = ("docker", "tcp", "udp", "echo")
+DATA_OPS = ("docker", "tcp", "udp", "echo", "fs")
+MAX_SHARES = 64  # ``fs <n>``: n is below this
 OPS = ("control", *DATA_OPS)
 FW_CFG_NAME = "opt/org.cove/boot"  # fw_cfg entry carrying the boot config (with the secret)
 CONTROL_PORT_NAME = "org.cove.control"  # virtio-serial port name for the control channel
@@ -93,6 +96,11 @@ def parse_header(line: bytes) -> Header:
         if (len(rest) != 1 or not rest[0].isdigit() or rest[0].startswith("0")
                 or not 0 < int(rest[0]) < 65536):
             raise ProtocolError(f"{op} needs a port 1-65535")
+        arg = int(rest[0])
+    elif op == "fs":
+        if (len(rest) != 1 or not rest[0].isdigit() or rest[0] != str(int(rest[0]))
+                or not 0 <= int(rest[0]) < MAX_SHARES):
+            raise ProtocolError(f"fs needs a share number 0-{MAX_SHARES - 1}")
         arg = int(rest[0])
     elif rest:
         raise ProtocolError(f"{op} takes no argument")

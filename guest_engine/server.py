@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: boot time under emulati
     class Controller(Protocol):
         def handle(self, request: dict[str, Any]) -> dict[str, Any]: ...
         def hello_events(self) -> list[dict[str, Any]]: ...
+        def share_stream(self, index: int, conn: socket.socket) -> None: ...
 
 
 def read_header(sock: socket.socket, timeout: float | None = None) -> bytes:
@@ -227,6 +228,11 @@ class LinkServer:
         elif header.op == "udp":
             assert header.arg is not None
             self._udp(conn, header.arg)
+        elif header.op == "fs":
+            assert header.arg is not None
+            # Kept open until the kernel takes it (control op mount_share), then closed:
+            # the mount holds its own reference to the socket.
+            self.controller.share_stream(header.arg, conn)
         elif header.op == "echo":
             buf = bytearray(relay.BUFSIZE)
             with conn:

@@ -12,6 +12,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +42,31 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class SharedFolder:
-    """A host folder mounted in the VM at the same path."""
+    """A host folder mounted in the VM: at the same path, or (Windows) at `vm_path`."""
 
     path: str
     tag: str  # the device's mount tag, e.g. "cove0"
-    transport: str  # "virtiofs" or "9p" (resolved by the driver)
+    transport: str  # "virtiofs", "9p" or "link" (resolved by the driver)
+    vm_path: str = ""  # where the VM mounts it, when not at `path`
+
+    @property
+    def guest_path(self) -> str:
+        return self.vm_path or self.path
 
     def boot_entry(self) -> dict[str, str]:
-        return {"path": self.path, "tag": self.tag, "transport": self.transport}
+        return {"path": self.guest_path, "tag": self.tag, "transport": self.transport}
+
+
+def link_share(path: str, index: int, windows: bool) -> SharedFolder:
+    """A folder Cove serves over the guest link (`desktop.ninep`); on Windows it appears
+    in the VM under /mnt/host (C:\\Users\\me -> /mnt/host/c/Users/me)."""
+    if not os.path.isdir(path):
+        raise DriverError(f"cannot share {path}: it is not a folder on this computer; "
+                          "create it or remove it from the shares setting")
+    from desktop.platform.paths import WindowsPaths
+
+    vm_path = WindowsPaths().vm_path(path) if windows else ""
+    return SharedFolder(path, f"cove{index}", "link", vm_path=vm_path)
 
 
 @dataclass

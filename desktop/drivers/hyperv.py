@@ -49,6 +49,7 @@ from desktop.drivers import (
     DriverError,
     SharedFolder,
     VMSpec,
+    link_share,
     register,
 )
 from desktop.drivers.powershell import PowerShell, PowerShellError, quote
@@ -483,12 +484,17 @@ class HyperVDriver:
 
     def resolve_shares(self, shares: list[tuple[str, str]]) -> tuple[list[SharedFolder],
                                                                      list[str]]:
-        if shares:
-            raise DriverError(
-                f"cannot share {shares[0][0]}: Hyper-V VMs have no virtiofs or 9p device, "
-                "and Cove's Plan 9 server over Hyper-V sockets is not built yet; remove the "
-                "folder from the shares setting, or use the QEMU driver")
-        return [], []
+        """Hyper-V VMs have no file-sharing device: Cove serves every share itself, over
+        Hyper-V sockets (`desktop.ninep`), mounted in the VM under /mnt/host."""
+        out = []
+        for i, (path, transport) in enumerate(shares):
+            if transport in ("virtiofs", "9p"):
+                raise DriverError(
+                    f"cannot share {path} over {transport}: Hyper-V VMs have no virtiofs "
+                    "or 9p device; set its transport to auto (Cove serves it over Hyper-V "
+                    "sockets)")
+            out.append(link_share(path, i, windows=True))
+        return out, []
 
 
 def data_disk(spec: VMSpec) -> Path:

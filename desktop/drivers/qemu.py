@@ -33,6 +33,7 @@ from desktop.drivers import (
     DriverError,
     SharedFolder,
     VMSpec,
+    link_share,
     register,
 )
 from desktop.link import Link
@@ -139,8 +140,9 @@ def resolve_shares(shares: list[tuple[str, str]], os_name: str,
 
     virtiofs (faster, with a shared-memory backend) needs Linux and a usable virtiofsd;
     9p is built into QEMU on Linux and macOS. "auto" takes virtiofs where it can, and
-    says why not otherwise. QEMU on Windows shares no folder (its 9p has no Windows
-    backend).
+    says why not otherwise. QEMU on Windows has neither (its 9p has no Windows backend):
+    there every share is served by Cove itself over the guest link ("link"), mounted
+    under /mnt/host; any host may choose "link" too.
     """
     notes: list[str] = []
     vfs_ok, vfs_why = False, ""
@@ -154,8 +156,12 @@ def resolve_shares(shares: list[tuple[str, str]], os_name: str,
     out = []
     for i, (path, transport) in enumerate(shares):
         if os_name == "windows":
-            raise DriverError(f"cannot share {path}: QEMU on Windows has no folder sharing; "
-                              "remove it from the shares setting")
+            if transport in ("virtiofs", "9p"):
+                raise DriverError(f"cannot share {path} over {transport}: QEMU on Windows "
+                                  "has no virtiofs or 9p device; set its transport to auto "
+                                  "(Cove serves it over the guest link)")
+            out.append(link_share(path, i, windows=True))
+            continue
         if transport == "virtiofs" and not vfs_ok:
             raise DriverError(f"cannot share {path} over virtiofs: {vfs_why}; set its "
                               "transport to 9p or auto")
@@ -174,6 +180,8 @@ def share_args(spec: VMSpec, bus: str, is_root: bool) -> list[str]:
     """QEMU arguments for the spec's shares (virtiofs needs guest RAM QEMU can share)."""
     args: list[str] = []
     for i, sh in enumerate(spec.shares):
+        if sh.transport == "link":
+            continue  # served over the guest link, no device
         if sh.transport == "virtiofs":
             args += ["-chardev", f"socket,id=fs{i},path={opt(virtiofs_socket(spec, i))}",
                      "-device", f"vhost-user-fs-{bus},queue-size=1024,chardev=fs{i},"

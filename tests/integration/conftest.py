@@ -95,10 +95,10 @@ def cove_home() -> Iterator[tuple[Path, Path]]:
 
 @pytest.fixture(scope="session")
 def shares(cove_home: tuple[Path, Path]) -> dict[str, Path]:
-    """Two host folders the session's VM shares: one over the default transport
-    (virtiofs here), one over 9p."""
+    """Three host folders the session's VM shares: one over the default transport
+    (virtiofs here), one over 9p, one served by Cove over the guest link (as on Windows)."""
     base = cove_home[0].parent
-    out = {"auto": base / "share-auto", "9p": base / "share-9p"}
+    out = {"auto": base / "share-auto", "9p": base / "share-9p", "link": base / "share-link"}
     for p in out.values():
         p.mkdir()
     return out
