@@ -1,6 +1,7 @@
-"""Shared folders: virtiofs and 9p against the VM's own disk, on one booted instance.
+"""Shared folders: virtiofs, 9p and "link" against the VM's own disk, on one instance.
 
-The instance shares two host folders, one over virtiofs and one over 9p. One Python
+The instance shares three host folders: over virtiofs, over 9p, and over "link" (Cove's
+own 9P server on the guest link, what Windows hosts use). One Python
 script runs in the VM (over `cove shell`) against each share and against a folder on
 the VM's data disk (ext4 on virtio-blk: where named volumes live), alternating run by
 run; the same script also runs on the host against the host folder directly, for
@@ -88,9 +89,9 @@ def run(runs: int) -> tuple[list[Figure], str]:
 
 
 def _run(runs: int, bench: BenchVM, host: Path) -> tuple[list[Figure], str]:
-    vfs, p9 = host / "vfs", host / "p9"
-    vfs.mkdir()
-    p9.mkdir()
+    vfs, p9, lnk = host / "vfs", host / "p9", host / "link"
+    for d in (vfs, p9, lnk):
+        d.mkdir()
     local = "/mnt/data/bench-local"
 
     cli = bench.cli
@@ -108,10 +109,11 @@ def _run(runs: int, bench: BenchVM, host: Path) -> tuple[list[Figure], str]:
     cli("shares", "remove", str(Path.home()), "--no-restart")
     cli("shares", "add", str(vfs), "--transport", "virtiofs", "--no-restart")
     cli("shares", "add", str(p9), "--transport", "9p", "--no-restart")
+    cli("shares", "add", str(lnk), "--transport", "link", "--no-restart")
     st = bench.start()
     cli("shell", "mkdir", "-p", local)
-    targets = {"virtiofs": str(vfs), "9p": str(p9), "VM disk": local}
-    for shared in (vfs, p9):
+    targets = {"virtiofs": str(vfs), "9p": str(p9), "link": str(lnk), "VM disk": local}
+    for shared in (vfs, p9, lnk):
         on_host("mktree", shared)
     vm("mktree", local)
     for _ in range(runs):
@@ -127,7 +129,7 @@ def _run(runs: int, bench: BenchVM, host: Path) -> tuple[list[Figure], str]:
             ("read", "MiB/s", True, f"sequential read {SEQ_MIB} MiB (cold VM cache)"),
             ("tree", "s", False, "walk + stat + read 10 000 files of 1 KiB")):
         f = figures[op]
-        for transport in ("virtiofs", "9p"):
+        for transport in ("virtiofs", "9p", "link"):
             out.append(Figure(f"{label} via {transport}", unit, f[transport],
                               "the same on the VM's own disk", f["VM disk"],
                               lower_is_better=not better_high,

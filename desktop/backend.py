@@ -504,13 +504,14 @@ class Backend:
             self.guest_ports = [p for p in self.guest_ports
                                 if json.dumps(p, sort_keys=True) not in removed]
             self.guest_ports += ev.get("added", [])
-            self.events.emit("ports", added=ev.get("added", []),
-                             removed=ev.get("removed", []))
             if self.forwarder is not None:
                 if ev.get("snapshot"):
                     self.forwarder.reset(self.guest_ports)
                 else:
                     self.forwarder.update(ev.get("added", []), ev.get("removed", []))
+            # Said once the forwarder knows: a client acting on the event sees the ports.
+            self.events.emit("ports", added=ev.get("added", []),
+                             removed=ev.get("removed", []))
 
     def _on_link_state(self, up: bool) -> None:
         if up or self._stop.is_set():

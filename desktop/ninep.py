@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 WINDOWS = sys.platform == "win32"
 VERSION = "9P2000.L"
 MAX_MSIZE = 1024 * 1024 + 4096  # the kernel's fd transport carries at most 1 MiB
-MIN_MSIZE = 4096
+MIN_MSIZE = 512
 NOFID = 0xFFFFFFFF
 NOTAG = 0xFFFF
 IOHDRSZ = 24  # header bytes of Tread/Twrite beyond the data
@@ -212,12 +212,12 @@ class ShareServer:
         if WINDOWS and (set(name) & WINDOWS_BAD or name[-1] in ". "):
             raise NinepError(E.EINVAL)
 
-    def confined(self, parts: tuple[str, ...]) -> str:
-        """The host path of `parts` once its parent folder proves to lie in the share
-        (raises EACCES otherwise): what a link or junction made since the walk would
-        otherwise lead out of it."""
+    def confined(self, parts: tuple[str, ...], follow: bool = False) -> str:
+        """The host path of `parts` once its parent folder (with `follow`, the path
+        itself) proves to lie in the share (raises EACCES otherwise): what a link or
+        junction made since the walk would otherwise lead out of it."""
         path = self.host_path(parts)
-        parent = os.path.realpath(os.path.dirname(path) if parts else path)
+        parent = os.path.realpath(os.path.dirname(path) if parts and not follow else path)
         if parent != self.real_root and not parent.startswith(
                 self.real_root.rstrip(os.sep) + os.sep):
             log.warning("9p: refused %s: its folder resolves outside the share", path)
@@ -368,7 +368,9 @@ class _Conn:
     def version(self, r: Reader) -> bytes:
         msize, version = r.u32(), r.string()
         self.close_all()
-        self.msize = max(MIN_MSIZE, min(msize, MAX_MSIZE))
+        if msize < MIN_MSIZE:  # too small for a directory entry or a useful read
+            raise NinepError(E.EINVAL)
+        self.msize = min(msize, MAX_MSIZE)
         if version != VERSION:
             return struct.pack("<I", self.msize) + p_str("unknown")
         return struct.pack("<I", self.msize) + p_str(VERSION)
@@ -400,13 +402,13 @@ class _Conn:
         st = None
         for i, name in enumerate(names):
             try:
+                if st is None:
+                    st = self.lstat(parts)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise NinepError(E.ENOTDIR)
                 if name == "..":
                     new = parts[:-1]
                 else:
-                    if st is None:
-                        st = self.lstat(parts)
-                    if not stat.S_ISDIR(st.st_mode):
-                        raise NinepError(E.ENOTDIR)
                     try:
                         self.srv.check_name(name)
                     except NinepError:
@@ -454,7 +456,7 @@ class _Conn:
     # -- files -----------------------------------------------------------------------
 
     def _open(self, parts: tuple[str, ...], flags: int, mode: int = 0o644) -> int:
-        path = self.srv.confined(parts)
+        path = self.srv.confined(parts, follow=WINDOWS)
         acc = flags & L_ACCMODE
         host = {0: os.O_RDONLY, L_WRONLY: os.O_WRONLY, L_RDWR: os.O_RDWR}.get(acc)
         if host is None:
@@ -483,6 +485,11 @@ class _Conn:
             if flags & L_ACCMODE:
                 raise NinepError(E.EISDIR)
             f.is_dir = True
+            if not WINDOWS:
+                # Listed through this descriptor: a folder swapped for a link after the
+                # open is not followed.
+                f.fd = os.open(self.srv.confined(f.parts), os.O_RDONLY | os.O_DIRECTORY |
+                               os.O_NOFOLLOW | os.O_CLOEXEC)
         elif flags & L_DIRECTORY:
             raise NinepError(E.ENOTDIR)
         elif stat.S_ISLNK(st.st_mode):
@@ -503,6 +510,11 @@ class _Conn:
         parts = self.child(fid, name)
         fd = self._open(parts, flags | L_CREAT, mode)
         f.parts, f.fd, f.is_dir, f.opened = parts, fd, False, True
+        # The guest applied its umask already: the host's must not take more bits away.
+        if WINDOWS:
+            os.chmod(self.srv.host_path(parts), mode & 0o7777)
+        else:
+            os.chmod(fd, mode & 0o7777)
         return self.srv.qid(os.fstat(fd)) + struct.pack("<I", self.iounit())
 
     def read(self, r: Reader) -> list[Any]:
@@ -556,32 +568,42 @@ class _Conn:
         size, asec, ansec, msec, mnsec = r.u64(), r.u64(), r.u64(), r.u64(), r.u64()
         f = self.get(fid)
         self.writable()
-        path = self.srv.confined(f.parts)
-        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        # An open fid changes what it has open (which may have lost its name meanwhile);
+        # Windows has no fchmod or futimens, so there it goes by the path.
+        target: int | str
+        if f.fd is not None and not WINDOWS:
+            target, is_link = f.fd, False
+            st = os.fstat(f.fd)
+        else:
+            target = self.srv.confined(f.parts)
+            st = os.lstat(target)
+            is_link = stat.S_ISLNK(st.st_mode)
         if valid & SET_MODE and not is_link:
-            os.chmod(path, mode & 0o7777)
+            os.chmod(target, mode & 0o7777)
         if valid & (SET_UID | SET_GID) and hasattr(os, "lchown"):
             try:  # works for root; a user's server keeps the files its own (as QEMU's)
-                os.lchown(path, uid if valid & SET_UID else -1, gid if valid & SET_GID else -1)
+                owner = (uid if valid & SET_UID else -1, gid if valid & SET_GID else -1)
+                if isinstance(target, int):
+                    os.fchown(target, *owner)
+                else:
+                    os.lchown(target, *owner)
             except PermissionError:
                 pass
         if valid & SET_SIZE:
-            if is_link:
-                raise NinepError(E.EINVAL)
-            if f.fd is not None and not WINDOWS:
+            if is_link or stat.S_ISDIR(st.st_mode):
+                raise NinepError(E.EISDIR if not is_link else E.EINVAL)
+            if f.fd is not None:
                 os.ftruncate(f.fd, size)
             else:
-                os.truncate(path, size)
+                os.truncate(target, size)
         if valid & (SET_ATIME | SET_MTIME) and not is_link:
-            st = os.lstat(path)
             now = time.time_ns()
-            at = st.st_atime_ns
-            mt = st.st_mtime_ns
+            at, mt = st.st_atime_ns, st.st_mtime_ns
             if valid & SET_ATIME:
                 at = asec * 10**9 + ansec if valid & SET_ATIME_SET else now
             if valid & SET_MTIME:
                 mt = msec * 10**9 + mnsec if valid & SET_MTIME_SET else now
-            os.utime(path, ns=(at, mt))
+            os.utime(target, ns=(at, mt))
         return b""
 
     def xattrwalk(self, r: Reader) -> bytes:
@@ -621,7 +643,7 @@ class _Conn:
         if not f.opened or not f.is_dir:
             raise NinepError(E.EBADF if not f.opened else E.ENOTDIR)
         if offset == 0 or f.dir_entries is None:
-            f.dir_entries = self._list(f.parts)
+            f.dir_entries = self._list(f)
         count = min(count, self.msize - READDIR_HDR)
         out: list[bytes] = []
         used = 0
@@ -632,15 +654,25 @@ class _Conn:
             used += len(entry)
         return [struct.pack("<I", used), *out]
 
-    def _list(self, parts: tuple[str, ...]) -> list[bytes]:
+    def _list(self, f: Fid) -> list[bytes]:
         """Every entry of a folder as readdir encodes it; an entry's offset is its index
-        plus one (the offset to resume after it)."""
-        path = self.srv.confined(parts)
-        me = os.lstat(path)
-        up = os.lstat(self.srv.host_path(parts[:-1])) if parts else me
+        plus one (the offset to resume after it). POSIX hosts list the descriptor opened
+        at lopen; Windows, the path once it proves to resolve inside the share."""
+        parts = f.parts
+        where: int | str
+        if f.fd is not None:
+            where = f.fd
+            me = os.fstat(f.fd)
+        else:
+            where = self.srv.confined(parts, follow=True)
+            me = os.lstat(where)
+        try:
+            up = os.lstat(self.srv.host_path(parts[:-1])) if parts else me
+        except OSError:
+            up = me
         items: list[tuple[bytes, int, str]] = [(self.srv.qid(me), 4, "."),
                                                (self.srv.qid(up), 4, "..")]
-        with os.scandir(path) as it:
+        with os.scandir(where) as it:
             for e in it:
                 try:
                     st = e.stat(follow_symlinks=False)
@@ -656,6 +688,7 @@ class _Conn:
         parts = self.child(dfid, name)
         path = self.srv.confined(parts)
         os.mkdir(path, mode & 0o7777)
+        os.chmod(path, mode & 0o7777)  # the guest applied its umask already
         return self.srv.qid(os.lstat(path))
 
     def unlinkat(self, r: Reader) -> bytes:

@@ -380,8 +380,10 @@ class HyperVDriver:
                     from e
 
     def start(self, spec: VMSpec) -> None:
-        if spec.shares:
-            self.resolve_shares([(sh.path, sh.transport) for sh in spec.shares])
+        for sh in spec.shares:
+            if sh.transport != "link":
+                raise DriverError(f"cannot share {sh.path} over {sh.transport}: Hyper-V VMs "
+                                  "have no virtiofs or 9p device; set its transport to auto")
         image = spec.kernel.parent
         parents = (image / "boot.vhdx", image / "root.vhdx")
         missing = [p.name for p in parents if not p.exists()]

@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import ninep_client
+
 import vm_image
 from desktop.drivers import Capabilities, SharedFolder, VMSpec
 from desktop.link import Link
@@ -119,6 +121,10 @@ class FakeController:
         self.requests: list[dict[str, Any]] = []
         self.hellos = 0
         self._lock = threading.Lock()
+        self.share_streams: dict[int, socket.socket] = {}
+        self._streams_cv = threading.Condition()
+        self.share_listings: dict[int, list[str]] = {}  # what a "mount" found in each
+        self.mount_error = ""  # mount_share answers this error when set
 
     def hello_events(self) -> list[dict[str, Any]]:
         self.hellos += 1
@@ -136,6 +142,32 @@ class FakeController:
         else:
             engine = {"event": "engine", "state": "starting"}
         return [hello, engine]
+
+    def share_stream(self, index: int, conn: socket.socket) -> None:
+        with self._streams_cv:
+            self.share_streams[index] = conn
+            self._streams_cv.notify_all()
+
+    def _mount_share(self, index: int) -> dict[str, Any]:
+        """What the kernel does when it mounts a host-served share: 9P version, attach,
+        then (as `ls` would) open and list the root."""
+        # The stream's header may be read after the request arrives, as in the real agent.
+        with self._streams_cv:
+            self._streams_cv.wait_for(lambda: index in self.share_streams, timeout=5)
+            conn = self.share_streams.pop(index, None)
+        if conn is None:
+            return {"ok": False, "error": f"no fs {index} stream came from the host"}
+        if self.mount_error:
+            conn.close()
+            return {"ok": False, "error": self.mount_error}
+        client = ninep_client.Client(conn)
+        client.version(65536)
+        client.attach(0, ninep_client.NOFID, "root", "", 0)
+        client.lopen(0, 0)
+        names = [e[3] for e in client.readdir(0, 0, 8192)]
+        self.share_listings[index] = sorted(n for n in names if n not in (".", ".."))
+        conn.close()
+        return {"ok": True, "result": {"index": index}}
 
     def ops(self, op: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -169,6 +201,8 @@ class FakeController:
             return {"ok": True, "result": {"applied": True}}
         if op == "ports":
             return {"ok": True, "result": []}
+        if op == "mount_share":
+            return self._mount_share(int(req.get("index", -1)))
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 
@@ -235,6 +269,9 @@ class FakeDriver:
     ignore_shutdown  the agent acknowledges "shutdown" but the VM never powers off
     never_ready      the agent says hello but the engine never reaches "running"
     silent_agent     the VM runs but no agent ever listens
+    share_mount_error  the agent fails every "link" share's mount with this message
+
+    "link" shares appear in the VM under /mnt/host (as on Windows).
     """
 
     name = "fake"
@@ -242,8 +279,10 @@ class FakeDriver:
 
     def __init__(self, engine_sock: Path, *, crash_boots: int = 0,
                  ignore_shutdown: bool = False, never_ready: bool = False,
-                 silent_agent: bool = False, power_off_delay: float = 0.1) -> None:
+                 silent_agent: bool = False, power_off_delay: float = 0.1,
+                 share_mount_error: str = "") -> None:
         self.engine_sock = engine_sock
+        self.share_mount_error = share_mount_error
         self.crash_boots = crash_boots
         self.ignore_shutdown = ignore_shutdown
         self.never_ready = never_ready
@@ -291,6 +330,7 @@ class FakeDriver:
             self.agent = FakeAgent(token, self.engine_sock, never_ready=self.never_ready,
                                    ignore_shutdown=self.ignore_shutdown,
                                    on_shutdown=self.power_off_later)
+            self.agent.controller.mount_error = self.share_mount_error
             self.agents.append(self.agent)
 
     def status(self) -> str:
@@ -326,7 +366,8 @@ class FakeDriver:
 
     def resolve_shares(self, shares: list[tuple[str, str]]) -> tuple[list[SharedFolder],
                                                                      list[str]]:
-        return ([SharedFolder(p, f"cove{i}", "9p" if t == "auto" else t)
+        return ([SharedFolder(p, f"cove{i}", "9p" if t == "auto" else t,
+                              vm_path="/mnt/host" + p if t == "link" else "")
                  for i, (p, t) in enumerate(shares)], [])
 
     # -- for tests ---------------------------------------------------------------------

@@ -901,10 +901,50 @@ def test_shares_reach_the_driver_the_boot_config_and_status(
         {"path": b, "tag": "cove1", "transport": "virtiofs"},
         {"path": c9, "tag": "cove2", "transport": "9p"}]
     st = c.request("status")
-    assert st["shares"] == [{"path": a, "transport": "9p"},
-                            {"path": b, "transport": "virtiofs"},
-                            {"path": c9, "transport": "9p"}]
+    assert st["shares"] == [{"path": a, "transport": "9p", "vm_path": a},
+                            {"path": b, "transport": "virtiofs", "vm_path": b},
+                            {"path": c9, "transport": "9p", "vm_path": c9}]
     assert st["shares_pending"] is False
+    assert c.driver.agent is not None and not c.driver.agent.controller.ops("mount_share")
+
+
+def test_link_shares_are_served_by_the_backend_and_mounted_by_the_agent(
+        make_cove: Callable[..., Cove], home: Path) -> None:
+    """A "link" share: the backend serves the folder over 9P on an ``fs <n>`` stream, the
+    agent mounts it (here the fake agent speaks 9P as the guest kernel would)."""
+    a, b = home / "src", home / "docs"
+    (a / "pkg").mkdir(parents=True)
+    (a / "main.go").write_text("package main\n")
+    b.mkdir()
+    (b / "readme.txt").write_text("hi\n")
+    _save_shares(home, [{"path": str(a), "transport": "link"}, str(home / "other"),
+                        {"path": str(b), "transport": "link"}])
+    c = make_cove().running()
+    agent = c.driver.agent
+    assert agent is not None
+    assert [r["index"] for r in agent.controller.ops("mount_share")] == [0, 2]
+    assert agent.controller.share_listings == {0: ["main.go", "pkg"], 2: ["readme.txt"]}
+    boot = json.loads(c.inst.boot_config.read_text())["shares"]
+    assert boot[0] == {"path": "/mnt/host" + str(a), "tag": "cove0", "transport": "link"}
+    st = c.request("status")
+    assert [(s["transport"], s["vm_path"], "error" in s) for s in st["shares"]] == [
+        ("link", "/mnt/host" + str(a), False), ("9p", str(home / "other"), False),
+        ("link", "/mnt/host" + str(b), False)]
+    assert len(c.backend.share_servers) == 2
+
+
+def test_a_link_share_the_guest_cannot_mount_is_reported_and_the_start_goes_on(
+        make_cove: Callable[..., Cove], home: Path) -> None:
+    a = home / "src"
+    a.mkdir()
+    _save_shares(home, [{"path": str(a), "transport": "link"}])
+    c = make_cove(share_mount_error="mount: wrong fs type, bad option").running()
+    ev = c.wait_event("share_failed")
+    assert ev["path"] == str(a) and "wrong fs type" in ev["message"]
+    st = c.request("status")
+    assert st["state"] == "running"
+    assert st["shares"][0]["error"] == "mount: wrong fs type, bad option"
+    assert c.backend.share_servers == []
 
 
 def test_no_shares(make_cove: Callable[..., Cove], home: Path) -> None:

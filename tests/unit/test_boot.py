@@ -139,9 +139,10 @@ class FakeRun:
         self.calls: list[tuple[list[str], bool]] = []
         self.fail = fail
 
-    def __call__(self, cmd: list[str], check: bool = True,
-                 timeout: float = 60) -> subprocess.CompletedProcess:
+    def __call__(self, cmd: list[str], check: bool = True, timeout: float = 60,
+                 pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
         self.calls.append((list(cmd), check))
+        self.pass_fds = pass_fds
         if cmd[0] == "mount" and cmd[-1] in self.fail:
             raise RuntimeError(f"{' '.join(cmd)} exited 32: mount: bad tag {cmd[-2]}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
@@ -230,6 +231,30 @@ def test_mount_shares_failures_recorded_and_the_rest_mounted(tmp_path: Path,
     assert out[2]["error"] == ""
     mounted = [cmd[-1] for cmd in run.commands("mount")]
     assert mounted == [str(a), str(c)]  # b: no mount point, no mount attempt
+
+
+def test_link_shares_wait_for_the_host(tmp_path: Path, fake_run: FakeRun) -> None:
+    """A share the host serves over the link is mounted later (`mount_link_share`): at
+    boot it is only marked pending, and nothing is loaded or mounted for it."""
+    out = boot.mount_shares([_share(tmp_path / "w", 0, "link")])
+    assert out == [{**_share(tmp_path / "w", 0, "link"), "pending": True,
+                    "error": "waiting for the host's file server"}]
+    assert fake_run.calls == []
+
+
+def test_mount_link_share_gives_the_socket_to_the_kernel(tmp_path: Path,
+                                                         fake_run: FakeRun) -> None:
+    where = tmp_path / "mnt" / "host" / "c" / "Users" / "me"
+    boot.mount_link_share({"path": str(where), "tag": "cove3"}, 17)
+    assert fake_run.commands("modprobe") == [["modprobe", "9pnet_fd"], ["modprobe", "9p"]]
+    mount = fake_run.commands("mount")
+    assert mount == [["mount", "-t", "9p", "-o", boot.LINK_NINEP_OPTIONS.format(fd=17), "cove3",
+                      str(where)]]
+    opts = dict(o.partition("=")[::2] for o in mount[0][4].split(","))
+    assert (opts["trans"], opts["rfdno"], opts["wfdno"], opts["version"]) == \
+        ("fd", "17", "17", "9p2000.L")
+    assert fake_run.pass_fds == (17,)  # the descriptor is open in mount's process
+    assert where.is_dir()
 
 
 def test_mount_shares_nothing(fake_run: FakeRun) -> None:

@@ -223,7 +223,8 @@ def test_shares_list_defaults(cove_home: Path, user_home: Path,
     assert out.split() == [str(user_home), "auto"]
     assert cli.main(["shares", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [
-        {"path": str(user_home), "transport": "auto", "mounted": False}]
+        {"path": str(user_home), "transport": "auto", "mounted": False,
+         "vm_path": str(user_home)}]
     assert not _settings_file(cove_home).exists()  # listing writes nothing
 
 
@@ -242,9 +243,10 @@ def test_shares_add(cove_home: Path, user_home: Path, tmp_path: Path,
                                         {"path": str(data), "transport": "9p"}]
     assert cli.main(["shares", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [
-        {"path": str(user_home), "transport": "auto", "mounted": False},
-        {"path": str(proj), "transport": "auto", "mounted": False},
-        {"path": str(data), "transport": "9p", "mounted": False}]
+        {"path": str(user_home), "transport": "auto", "mounted": False,
+         "vm_path": str(user_home)},
+        {"path": str(proj), "transport": "auto", "mounted": False, "vm_path": str(proj)},
+        {"path": str(data), "transport": "9p", "mounted": False, "vm_path": str(data)}]
     assert cli.main(["shares", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split() for ln in lines] == [[str(user_home), "auto"], [str(proj), "auto"],
@@ -503,3 +505,30 @@ def test_shares_add_stores_the_normal_form_and_finds_it_again(
     assert "already shared" in capsys.readouterr().out
     assert cli.main(["shares", "remove", str(folder) + "//", "--no-restart"]) == 0
     assert str(folder) not in instance.Instance("default").load_settings().shares
+
+
+def test_shares_list_says_where_and_why_not(cove_home: Path, user_home: Path,
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A running VM's shares: where each is in the VM, and why one is not mounted."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    assert cli.main(["shares", "add", str(docs), "--transport", "link", "--no-restart"]) == 0
+    capsys.readouterr()
+    status = {"state": "running", "shares": [
+        {"path": str(user_home), "transport": "link", "vm_path": "/mnt/host/c/Users/me"},
+        {"path": str(docs), "transport": "link", "vm_path": str(docs),
+         "error": "no fs 1 stream came from the host"}]}
+    monkeypatch.setattr(cli, "status_of", lambda inst: status)
+    assert cli.main(["shares", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"path": str(user_home), "transport": "link", "mounted": True,
+         "vm_path": "/mnt/host/c/Users/me"},
+        {"path": str(docs), "transport": "link", "mounted": False, "vm_path": str(docs),
+         "error": "no fs 1 stream came from the host"}]
+    assert cli.main(["shares", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [str(user_home), "mounted", "(link)", "at",
+                                "/mnt/host/c/Users/me", "in", "the", "VM"]
+    assert lines[1].split()[:3] == [str(docs), "not", "mounted"]
+    assert lines[1].endswith("(link): no fs 1 stream came from the host")

@@ -422,18 +422,30 @@ def test_start_notes_ignored_kernel_args(spec: VMSpec) -> None:
     assert d.accel_notes and "'cove.debug' are ignored" in d.accel_notes[0]
 
 
-def test_start_refuses_shares(spec: VMSpec) -> None:
+def test_start_refuses_device_shares(spec: VMSpec) -> None:
     spec.shares = [drivers.SharedFolder(str(spec.folder), "cove0", "9p")]
-    with pytest.raises(DriverError, match="Plan 9 server over Hyper-V sockets is not built"):
+    with pytest.raises(DriverError, match=r"over 9p: Hyper-V VMs have no virtiofs or 9p "
+                                          r"device; set its transport to auto"):
         driver(Recorded()).start(spec)
 
 
-def test_resolve_shares() -> None:
+def test_resolve_shares_serves_every_folder_over_the_link(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cove's own 9P server (over Hyper-V sockets) shares each folder, mounted under
+    /mnt/host in the VM; "auto" and "link" both mean it."""
     d = driver(Recorded())
     assert d.resolve_shares([]) == ([], [])
-    with pytest.raises(DriverError, match=r"cannot share /home/ana: Hyper-V VMs have no "
-                                          r"virtiofs or 9p device.*remove the folder"):
-        d.resolve_shares([("/home/ana", "auto")])
+    monkeypatch.setattr("os.path.isdir", lambda p: p in ("C:\\Users\\ana", "D:\\src"))
+    assert d.resolve_shares([("C:\\Users\\ana", "auto"), ("D:\\src", "link")]) == ([
+        drivers.SharedFolder("C:\\Users\\ana", "cove0", "link", "/mnt/host/c/Users/ana"),
+        drivers.SharedFolder("D:\\src", "cove1", "link", "/mnt/host/d/src")], [])
+    with pytest.raises(DriverError) as e:
+        d.resolve_shares([("C:\\Users\\ana", "virtiofs")])
+    assert str(e.value) == ("cannot share C:\\Users\\ana over virtiofs: Hyper-V VMs have "
+                            "no virtiofs or 9p device; set its transport to auto (Cove serves "
+                            "it over Hyper-V sockets)")
+    with pytest.raises(DriverError, match=r"cannot share E:\\gone: it is not a folder"):
+        d.resolve_shares([("E:\\gone", "auto")])
 
 
 def test_make_link_before_start() -> None:

@@ -396,7 +396,7 @@ def test_parse_shares_bad_transport(transport: object) -> None:
     with pytest.raises(SettingsError) as e:
         instance.parse_shares([{"path": "/srv/x", "transport": transport}])
     assert str(e.value) == (f"shares: /srv/x: transport {transport!r} is not one of "
-                            "auto, virtiofs, 9p")
+                            "auto, virtiofs, 9p, link")
 
 
 @pytest.mark.parametrize("path", ["home/me", "~/code", "", ".", "./src"])

@@ -15,7 +15,7 @@ TOKEN = "ab" * 32
 @pytest.mark.parametrize(
     ("op", "arg"),
     [("control", None), ("docker", None), ("echo", None), ("tcp", 8080), ("udp", 53),
-     ("tcp", 1), ("udp", 65535)],
+     ("tcp", 1), ("udp", 65535), ("fs", 0), ("fs", 7), ("fs", protocol.MAX_SHARES - 1)],
 )
 def test_header_round_trip(op: str, arg: int | None) -> None:
     line = protocol.encode_header(TOKEN, op, arg)
@@ -60,6 +60,11 @@ def test_encode_header_refuses_unknown_op() -> None:
         b"COVE/1 " + TOKEN.encode() + b" control 1\n",  # op takes no argument
         b"COVE/1 " + TOKEN.encode() + b" echo x\n",
         b"COVE/1 " + TOKEN.encode() + b" docker 2375\n",
+        b"COVE/1 " + TOKEN.encode() + b" fs\n",  # fs needs a share number
+        b"COVE/1 " + TOKEN.encode() + b" fs 01\n",
+        b"COVE/1 " + TOKEN.encode() + b" fs -1\n",
+        b"COVE/1 " + TOKEN.encode() + b" fs 64\n",
+        b"COVE/1 " + TOKEN.encode() + b" fs 1 2\n",
         b"COVE/1  " + TOKEN.encode() + b" control\n",  # double space shifts the fields
         "COVE/1 t\u00f6ken control\n".encode(),  # not ASCII
         b"COVE/1 \xff\xfe control\n",

@@ -522,13 +522,32 @@ def test_resolve_shares_explicit_9p_needs_no_note(folders: list[str]) -> None:
         [_sf(folders[0], 0, "9p")], [])
 
 
-@pytest.mark.parametrize("transport", ["auto", "9p", "virtiofs"])
-def test_resolve_shares_windows_shares_nothing(folders: list[str], transport: str) -> None:
+@pytest.mark.parametrize("transport", ["9p", "virtiofs"])
+def test_resolve_shares_windows_has_no_share_device(folders: list[str], transport: str) -> None:
     assert qemu.resolve_shares([], "windows", None, False) == ([], [])
     with pytest.raises(DriverError) as e:
-        qemu.resolve_shares([(folders[0], transport)], "windows", None, False)
-    assert str(e.value) == (f"cannot share {folders[0]}: QEMU on Windows has no folder "
-                            "sharing; remove it from the shares setting")
+        qemu.resolve_shares([("C:\\src", transport)], "windows", None, False)
+    assert str(e.value) == (f"cannot share C:\\src over {transport}: QEMU on Windows has no "
+                            "virtiofs or 9p device; set its transport to auto (Cove serves it "
+                            "over the guest link)")
+
+
+@pytest.mark.parametrize("transport", ["auto", "link"])
+def test_resolve_shares_windows_serves_over_the_link_under_mnt_host(
+        monkeypatch: pytest.MonkeyPatch, transport: str) -> None:
+    monkeypatch.setattr("os.path.isdir", lambda p: p == "C:\\Users\\me")
+    shares, notes = qemu.resolve_shares([("C:\\Users\\me", transport)], "windows", None,
+                                        False)
+    assert (shares, notes) == ([SharedFolder("C:\\Users\\me", "cove0", "link",
+                                             vm_path="/mnt/host/c/Users/me")], [])
+    assert shares[0].boot_entry() == {"path": "/mnt/host/c/Users/me", "tag": "cove0",
+                                      "transport": "link"}
+
+
+def test_resolve_shares_link_anywhere_mounts_at_the_same_path(folders: list[str]) -> None:
+    shares, _ = qemu.resolve_shares([(folders[0], "link")], "linux", None, False)
+    assert shares == [SharedFolder(folders[0], "cove0", "link")]
+    assert shares[0].guest_path == folders[0]
 
 
 @pytest.mark.parametrize("what", ["missing", "file"])
@@ -596,6 +615,17 @@ def test_command_9p_share(spec: VMSpec, is_root: bool, model: str) -> None:
     assert "-object" not in cmd
     assert _arg(cmd, "-machine") == "q35,vmport=off,hpet=off"
     assert "-chardev" not in cmd
+
+
+def test_command_link_share_adds_no_device(spec: VMSpec) -> None:
+    """A "link" share is served over the guest link: QEMU gets no device, and the folder
+    (here a Windows one) never reaches its command line."""
+    spec.shares = [SharedFolder("C:\\Users\\me", "cove0", "link", "/mnt/host/c/Users/me"),
+                   SharedFolder("/home/me/src", "cove1", "9p")]
+    cmd = _cmd(spec)
+    assert _args(cmd, "-fsdev") == [
+        "local,id=fsdev1,path=/home/me/src,security_model=none,multidevs=remap"]
+    assert not any("Users" in a or "cove0" in a for a in cmd)
 
 
 def test_command_9p_path_with_commas_is_escaped(spec: VMSpec) -> None:
