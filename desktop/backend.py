@@ -187,8 +187,7 @@ class Backend:
         self.shares: list[SharedFolder] = []  # what this boot shares (settings may differ)
         self.share_errors: dict[str, str] = {}  # host path -> why it is not mounted
         self.share_servers: list[ninep.ShareServer] = []  # the "link" shares' servers
-        self._bind_check = apiguard.make_check(lambda: [sh.path for sh in self.shares],
-                                               self._watch_binds)
+        self._bind_check = apiguard.make_check(self.mounted_shares, self._watch_binds)
         self._watcher: filewatch.Watcher | None = None
         self._watch_lock = threading.Lock()
         self.touches = 0  # paths the agent was asked to touch (change notifications)
@@ -235,6 +234,20 @@ class Backend:
             "shares_pending": self.shares_pending(),
             "docker_engine": self._docker_engine_status(),
         }
+
+    def mounted_shares(self) -> list[str]:
+        """The host folders this boot shares, less any the VM could not mount (a bind of
+        one would mount an empty folder: the guard refuses it with the fix instead)."""
+        return [sh.path for sh in self.shares if sh.path not in self.share_errors]
+
+    def vm_path_of(self, host: str) -> str | None:
+        """Where host path `host` is in the VM (None: in no mounted share)."""
+        for sh in self.shares:
+            if sh.path not in self.share_errors:
+                vm = sh.vm_path_of(host)
+                if vm is not None:
+                    return vm
+        return None
 
     def shares_pending(self) -> bool:
         """True when the saved settings share other folders than this boot does (the VM
@@ -645,9 +658,12 @@ class Backend:
     def _send_changes(self, changes: list[filewatch.Change]) -> None:
         if self.channel is None or not self.channel.connected.is_set():
             return
+        # The VM's paths: on Windows C:\\Users\\me\\x is /mnt/host/c/Users/me/x there.
+        moved = [[vm, c.mode] for c in changes if (vm := self.vm_path_of(c.path)) is not None]
+        if not moved:
+            return
         try:
-            done = self.channel.request("touch", changes=[[c.path, c.mode] for c in changes],
-                                        timeout=10)
+            done = self.channel.request("touch", changes=moved, timeout=10)
             self.touches += int(done or 0)
         except (LinkError, AgentError) as e:
             log.debug("change notification failed: %s", e)

@@ -56,6 +56,20 @@ class SharedFolder:
     def boot_entry(self) -> dict[str, str]:
         return {"path": self.guest_path, "tag": self.tag, "transport": self.transport}
 
+    def vm_path_of(self, host: str) -> str | None:
+        """Where host path `host` appears in the VM, if it lies in this share. A Windows
+        share (a drive path) is compared without regard to case."""
+        windows = len(self.path) >= 3 and self.path[1:3] == ":\\"
+        sep = "\\" if windows else "/"
+        root = self.path if self.path.endswith(sep) else self.path + sep
+        h, r = (host.casefold(), root.casefold()) if windows else (host, root)
+        if h + sep == r or h == r:
+            return self.guest_path
+        if not h.startswith(r):
+            return None
+        rest = host[len(root):]
+        return self.guest_path.rstrip("/") + "/" + (rest.replace("\\", "/") if windows else rest)
+
 
 def link_share(path: str, index: int, windows: bool) -> SharedFolder:
     """A folder Cove serves over the guest link (`desktop.ninep`); on Windows it appears

@@ -201,6 +201,8 @@ class FakeController:
             return {"ok": True, "result": {"applied": True}}
         if op == "ports":
             return {"ok": True, "result": []}
+        if op == "touch":
+            return {"ok": True, "result": len(req.get("changes") or [])}
         if op == "mount_share":
             return self._mount_share(int(req.get("index", -1)))
         return {"ok": False, "error": f"unknown op {op!r}"}

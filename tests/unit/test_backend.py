@@ -931,6 +931,13 @@ def test_link_shares_are_served_by_the_backend_and_mounted_by_the_agent(
         ("link", "/mnt/host" + str(a), False), ("9p", str(home / "other"), False),
         ("link", "/mnt/host" + str(b), False)]
     assert len(c.backend.share_servers) == 2
+    # Change notifications name the VM's paths (a Windows host's C:\\... is /mnt/host/...).
+    from desktop import filewatch
+
+    c.backend._send_changes([filewatch.Change(str(a / "main.go"), 0o644, "modified"),
+                             filewatch.Change(str(home / "elsewhere"), 0o644, "modified")])
+    assert agent.controller.ops("touch")[-1]["changes"] == [
+        ["/mnt/host" + str(a / "main.go"), 0o644]]
 
 
 def test_a_link_share_the_guest_cannot_mount_is_reported_and_the_start_goes_on(
@@ -945,6 +952,8 @@ def test_a_link_share_the_guest_cannot_mount_is_reported_and_the_start_goes_on(
     assert st["state"] == "running"
     assert st["shares"][0]["error"] == "mount: wrong fs type, bad option"
     assert c.backend.share_servers == []
+    # A bind of the unmounted folder would mount an empty one: the guard refuses it.
+    assert c.backend.mounted_shares() == []
 
 
 def test_no_shares(make_cove: Callable[..., Cove], home: Path) -> None:

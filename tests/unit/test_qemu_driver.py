@@ -950,3 +950,21 @@ def test_start_virtiofsd_not_installed(spec: VMSpec, monkeypatch: pytest.MonkeyP
     with pytest.raises(DriverError, match="cannot share /srv/b over virtiofs: virtiofsd is "
                                           "not installed"):
         d._start_virtiofsd(spec)
+
+
+@pytest.mark.parametrize(("share", "vm", "host", "want"), [
+    ("/home/me", "", "/home/me/src/a.js", "/home/me/src/a.js"),
+    ("/home/me", "", "/home/me", "/home/me"),
+    ("/home/me", "", "/home/me2/x", None),
+    ("/home/me", "", "/home", None),
+    ("C:\\Users\\me", "/mnt/host/c/Users/me", "C:\\Users\\me\\src\\a.js",
+     "/mnt/host/c/Users/me/src/a.js"),
+    ("C:\\Users\\me", "/mnt/host/c/Users/me", "c:\\users\\ME\\Src", "/mnt/host/c/Users/me/Src"),
+    ("C:\\Users\\me", "/mnt/host/c/Users/me", "C:\\Users\\me", "/mnt/host/c/Users/me"),
+    ("C:\\Users\\me", "/mnt/host/c/Users/me", "C:\\Users\\me2\\x", None),
+    ("C:\\Users\\me", "/mnt/host/c/Users/me", "D:\\Users\\me\\x", None),
+    ("D:\\", "/mnt/host/d", "D:\\src\\x", "/mnt/host/d/src/x"),
+])
+def test_a_host_path_in_a_share_has_its_vm_path(share: str, vm: str, host: str,
+                                                want: str | None) -> None:
+    assert SharedFolder(share, "cove0", "link", vm).vm_path_of(host) == want
