@@ -248,6 +248,16 @@ def _uid(st: os.stat_result) -> tuple[int, int]:
     return (st.st_uid, st.st_gid) if not WINDOWS else (0, 0)
 
 
+def _mode(st: os.stat_result) -> int:
+    """The mode the guest sees. Windows keeps only a read-only flag (and Python marks
+    only .exe/.bat/.cmd/.com executable): files show rwx for all unless read-only, as
+    Windows folders do in other Linux VMs, so scripts checked out there still run."""
+    if not WINDOWS or stat.S_ISLNK(st.st_mode):
+        return st.st_mode
+    perms = 0o777 if st.st_mode & stat.S_IWRITE else 0o555
+    return stat.S_IFMT(st.st_mode) | perms
+
+
 class _Conn:
     """One client's session: its fids and the message loop."""
 
@@ -558,7 +568,7 @@ class _Conn:
         blocks = getattr(st, "st_blocks", (st.st_size + 511) // 512)
         a, m, c = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         return (struct.pack("<Q", GETATTR_BASIC) + self.srv.qid(st)
-                + struct.pack("<IIIQQQQQ", st.st_mode, uid, gid, st.st_nlink,
+                + struct.pack("<IIIQQQQQ", _mode(st), uid, gid, st.st_nlink,
                               getattr(st, "st_rdev", 0), st.st_size, blksize, blocks)
                 + struct.pack("<QQQQQQQQQQ", a // 10**9, a % 10**9, m // 10**9, m % 10**9,
                               c // 10**9, c % 10**9, 0, 0, 0, 0))

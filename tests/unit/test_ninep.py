@@ -1266,3 +1266,25 @@ def test_windows_paths_through_the_server(monkeypatch: pytest.MonkeyPatch, clien
     (share / "d").symlink_to(outside, target_is_directory=True)
     with pytest.raises(NinepError):
         client.readdir(2, 0, 4096)
+
+
+def test_windows_files_show_rwx_unless_read_only(monkeypatch: pytest.MonkeyPatch,
+                                                 client: Client, share: Path) -> None:
+    from desktop import ninep
+
+    (share / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (share / "run.sh").chmod(0o644)  # what Windows reports for a writable file, less x
+    (share / "locked.txt").write_bytes(b"x")
+    (share / "locked.txt").chmod(0o444)
+    (share / "dir").mkdir()
+    (share / "dir").chmod(0o755)
+    monkeypatch.setattr(ninep, "WINDOWS", True)
+    modes = {}
+    for i, name in enumerate(["run.sh", "locked.txt", "dir"], start=1):
+        client.walk(0, i, [name])
+        modes[name] = client.getattr(i)["mode"]
+    assert modes == {"run.sh": stat.S_IFREG | 0o777, "locked.txt": stat.S_IFREG | 0o555,
+                     "dir": stat.S_IFDIR | 0o777}
+    monkeypatch.setattr(ninep, "WINDOWS", False)
+    client.walk(0, 9, ["run.sh"])
+    assert client.getattr(9)["mode"] == stat.S_IFREG | 0o644  # elsewhere: the host's own
