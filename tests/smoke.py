@@ -2,9 +2,10 @@
 
 Starts an instance (its own COVE_HOME and DOCKER_CONFIG unless given), checks the engine
 answers through Cove's socket with the docker CLI, builds a container image from the
-guest image's own static busybox (no registry needed), runs it, and deletes the
-instance. Used by the platform workflows (macOS, Windows) where the unit tests cannot
-boot anything, and runnable here.
+guest image's own static busybox (no registry needed), runs it, bind-mounts a folder of
+the home folder (the default share: on Windows served by Cove's own file server, its
+path translated) both ways, and deletes the instance. Used by the platform workflows
+(macOS, Windows) where the unit tests cannot boot anything, and runnable here.
 
     python -m tests.smoke [--arch amd64|arm64] [--cove "cove"] [--keep]
 
@@ -89,6 +90,25 @@ class Smoke:
         return self.run(step, ["docker", "--context", self.context, *args], timeout)
 
 
+def bind_both_ways(s: Smoke) -> None:
+    """A container reads a file the host wrote in a folder of the default share (the
+    home folder) and writes one back."""
+    folder = Path.home() / f".cove-smoke-{os.getpid()}"
+    folder.mkdir()
+    try:
+        (folder / "from-host.txt").write_text("written on the host\n")
+        out = s.docker("bind-mount a folder of the home folder", "run", "--rm", "-v",
+                       f"{folder}:/w", "cove-smoke", "sh", "-c",
+                       "cat /w/from-host.txt && echo from-the-container > /w/back.txt")
+        if out != "written on the host\n":
+            raise SystemExit(f"FAILED: the container read {out!r} from the bind mount")
+        back = folder / "back.txt"
+        if not back.exists() or back.read_text() != "from-the-container\n":
+            raise SystemExit("FAILED: the container's file did not reach the host")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.smoke")
     p.add_argument("--arch", choices=sorted(ELF_MACHINE), default=None)
@@ -136,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         out = s.docker("run a container", "run", "--rm", "cove-smoke", "uname", "-m").strip()
         if out != UNAME[arch]:
             raise SystemExit(f"FAILED: the container says {out!r}, expected {UNAME[arch]}")
-        print(f"smoke test passed: an {arch} container ran through Cove's socket")
+        bind_both_ways(s)
+        print(f"smoke test passed: an {arch} container ran through Cove's socket and "
+              "read and wrote a folder of the host")
         return 0
     finally:
         if not args.keep:

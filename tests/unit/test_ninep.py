@@ -69,7 +69,9 @@ DT_DIR = 4
 DT_REG = 8
 DT_LNK = 10
 
-posix_only = pytest.mark.skipif(os.name != "posix", reason="symlinks/FIFOs as on POSIX")
+posix_only = pytest.mark.skipif(
+    os.name != "posix",
+    reason="POSIX semantics: symlinks, FIFOs, modes, owners, unlinking open files")
 
 Connect = Callable[..., tuple[Client, threading.Thread]]
 
@@ -396,6 +398,7 @@ def test_create_write_read(client: Client, share: Path) -> None:
     assert attr["size"] == 11
 
 
+@posix_only
 def test_create_mode_is_exact(client: Client, share: Path) -> None:
     """The guest's kernel has applied its umask already: the mode asked for is the mode."""
     old = os.umask(0o022)
@@ -409,6 +412,7 @@ def test_create_mode_is_exact(client: Client, share: Path) -> None:
     assert stat.S_IMODE(os.stat(share / "d").st_mode) == 0o777
 
 
+@posix_only
 def test_open_file_outlives_unlink(client: Client, share: Path) -> None:
     create(client, 1, "tmp", b"scratch data")
     client.unlinkat(0, "tmp", 0)
@@ -515,6 +519,7 @@ def test_setattr_mtime_now(client: Client, share: Path) -> None:
 
 
 @pytest.mark.parametrize("with_type_bits", [False, True])
+@posix_only
 def test_setattr_mode(client: Client, share: Path, with_type_bits: bool) -> None:
     (share / "f").write_bytes(b"")
     (share / "f").chmod(0o644)
@@ -1173,6 +1178,7 @@ def test_getattr_mask_is_accepted(client: Client) -> None:
 # -- owners, host errno numbers, Windows names --
 
 
+@posix_only
 def test_chown_of_an_open_file_and_of_a_path(client: Client, share: Path) -> None:
     """Run as root (as CI runs) chown takes effect; as a user it succeeds without one."""
     from ninep_client import SETATTR_GID, SETATTR_UID
@@ -1236,6 +1242,7 @@ def test_windows_names_that_are_fine(monkeypatch: pytest.MonkeyPatch, client: Cl
     assert sorted(os.listdir(share)) == [".hidden", "café déjà"]
 
 
+@posix_only
 def test_windows_paths_through_the_server(monkeypatch: pytest.MonkeyPatch, client: Client,
                                           share: Path, outside: Path) -> None:
     """The code Windows runs (no pread/pwrite, no fchmod, folders listed by path, owners
@@ -1268,6 +1275,7 @@ def test_windows_paths_through_the_server(monkeypatch: pytest.MonkeyPatch, clien
         client.readdir(2, 0, 4096)
 
 
+@posix_only
 def test_windows_files_show_rwx_unless_read_only(monkeypatch: pytest.MonkeyPatch,
                                                  client: Client, share: Path) -> None:
     from desktop import ninep
