@@ -6,7 +6,8 @@ on the guest link (TCP through QEMU's user networking, or a Hyper-V socket), ser
 share n on it with `ShareServer`, and the agent mounts the stream's socket with the
 kernel's own 9p client (``mount -t 9p -o trans=fd``). The guest needs no helper process
 and the host needs no driver, so the same server runs on Windows, macOS and Linux (where
-the tests run it against the real kernel client). docs/shares.md has the design.
+the tests run it against the real kernel client). The design and its figures:
+docs/architecture.md, "Shared folders".
 
 One connection is served by one thread, request after request: the kernel pipelines
 requests, and answering them in order is always allowed (a Tflush then finds its
@@ -94,6 +95,9 @@ class E:
 
 # Characters a Windows file name cannot hold: ":" would name an alternate data stream.
 WINDOWS_BAD = set('<>:"|?*\\') | {chr(c) for c in range(32)}
+# Names Windows takes for a device in any folder, with any extension ("nul.txt" too).
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{d}{n}" for d in ("COM", "LPT") for n in (*"123456789", "¹", "²", "³")}
 
 
 def linux_errno(e: OSError) -> int:
@@ -209,7 +213,8 @@ class ShareServer:
             raise NinepError(E.EINVAL if name else E.ENOENT)
         if len(name.encode("utf-8", "surrogateescape")) > 255:
             raise NinepError(E.ENAMETOOLONG)
-        if WINDOWS and (set(name) & WINDOWS_BAD or name[-1] in ". "):
+        if WINDOWS and (set(name) & WINDOWS_BAD or name[-1] in ". " or
+                        name.split(".")[0].rstrip(" ").upper() in WINDOWS_DEVICES):
             raise NinepError(E.EINVAL)
 
     def confined(self, parts: tuple[str, ...], follow: bool = False) -> str:

@@ -1215,7 +1215,8 @@ def test_host_errors_are_sent_with_linux_numbers(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("name", ["a:b", "stream::$DATA", "x\\y", "what?", "star*",
                                   'q"', "pipe|", "lt<", "gt>", "tab\tname", "dot.",
-                                  "space "])
+                                  "space ", "CON", "nul", "nul.txt", "com1", "LPT9.log",
+                                  "aux .c", "COM\u00b9"])
 def test_windows_refuses_names_it_would_read_otherwise(monkeypatch: pytest.MonkeyPatch,
                                                       client: Client, share: Path,
                                                       name: str) -> None:
@@ -1239,7 +1240,9 @@ def test_windows_names_that_are_fine(monkeypatch: pytest.MonkeyPatch, client: Cl
     monkeypatch.setattr(ninep, "WINDOWS", True)
     client.mkdir(0, "café déjà", 0o755)
     client.mkdir(0, ".hidden", 0o755)
-    assert sorted(os.listdir(share)) == [".hidden", "café déjà"]
+    client.mkdir(0, "console", 0o755)
+    client.mkdir(0, "com10", 0o755)
+    assert sorted(os.listdir(share)) == [".hidden", "café déjà", "com10", "console"]
 
 
 @posix_only
