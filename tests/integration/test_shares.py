@@ -248,3 +248,19 @@ def test_a_workload_of_file_operations(cove: Cove, hello_image: str, share: Path
     assert os.readlink(share / "a" / "soft") == "g"
     assert (share / "s").read_bytes() == b"abX"
     assert not (share / "a" / "b").exists() and (share / "t2").is_dir()
+
+
+def test_parallel_writers_and_readers(cove: Cove, hello_image: str, share: Path) -> None:
+    """Four processes write and read back at once (the kernel pipelines their requests
+    on one connection; replies must reach the right process)."""
+    (share / "seed.bin").write_bytes(os.urandom(1 << 20))
+    script = ("for i in 1 2 3 4; do "
+              "(dd if=/dev/urandom of=/w/p$i bs=64k count=32 2>/dev/null && "
+              " cat /w/seed.bin /w/seed.bin > /w/c$i) & done; wait; "
+              "sha256sum /w/p1 /w/p2 /w/p3 /w/p4 /w/c1 /w/c2 /w/c3 /w/c4")
+    got = run(cove, hello_image, share, script).stdout.split()
+    sums = dict(zip(got[1::2], got[0::2], strict=True))
+    for name, want in sums.items():
+        assert _sha256(share / name.removeprefix("/w/")) == want, name
+    assert (share / "p3").stat().st_size == 32 * 65536
+    assert (share / "c2").read_bytes() == (share / "seed.bin").read_bytes() * 2
