@@ -186,7 +186,7 @@ class Backend:
         self._clock_offset_ns = 0  # a simulated jump of the host's clock (tests)
         self.shares: list[SharedFolder] = []  # what this boot shares (settings may differ)
         self.share_errors: dict[str, str] = {}  # host path -> why it is not mounted
-        self.share_servers: list[ninep.ShareServer] = []  # the "link" shares' servers
+        self.share_servers: dict[str, ninep.ShareServer] = {}  # "link" shares, by host path
         self._bind_check = apiguard.make_check(self.mounted_shares, self._watch_binds)
         self._watcher: filewatch.Watcher | None = None
         self._watch_lock = threading.Lock()
@@ -229,7 +229,9 @@ class Backend:
             "ports": self.forwarder.snapshot() if self.forwarder else [],
             "shares": [{"path": sh.path, "transport": sh.transport, "vm_path": sh.guest_path,
                         **({"error": self.share_errors[sh.path]}
-                           if sh.path in self.share_errors else {})}
+                           if sh.path in self.share_errors else {}),
+                        **({"served": dict(self.share_servers[sh.path].stats)}
+                           if sh.path in self.share_servers else {})}
                        for sh in self.shares],
             "shares_pending": self.shares_pending(),
             "docker_engine": self._docker_engine_status(),
@@ -409,7 +411,7 @@ class Backend:
         mount."""
         link, channel = self.link, self.channel
         assert link is not None and channel is not None
-        self.share_servers = []
+        self.share_servers = {}
         self.share_errors = {}
         for i, sh in enumerate(self.shares):
             if sh.transport != "link":
@@ -424,7 +426,7 @@ class Backend:
                 log.error("share %s (in the VM at %s): %s", sh.path, sh.guest_path, e)
                 self.events.emit("share_failed", path=sh.path, message=str(e))
                 continue
-            self.share_servers.append(server)
+            self.share_servers[sh.path] = server
             log.info("share %s served over the guest link at %s", sh.path, sh.guest_path)
 
     def _why_not_up(self) -> str:

@@ -930,7 +930,11 @@ def test_link_shares_are_served_by_the_backend_and_mounted_by_the_agent(
     assert [(s["transport"], s["vm_path"], "error" in s) for s in st["shares"]] == [
         ("link", "/mnt/host" + str(a), False), ("9p", str(home / "other"), False),
         ("link", "/mnt/host" + str(b), False)]
-    assert len(c.backend.share_servers) == 2
+    assert set(c.backend.share_servers) == {str(a), str(b)}
+    # What each server answered (the fake's mount: version, attach, lopen, readdir).
+    assert st["shares"][0]["served"]["requests"] == 4
+    assert st["shares"][0]["served"]["errors"] == 0
+    assert "served" not in st["shares"][1]
     # Change notifications name the VM's paths (a Windows host's C:\\... is /mnt/host/...).
     from desktop import filewatch
 
@@ -951,7 +955,7 @@ def test_a_link_share_the_guest_cannot_mount_is_reported_and_the_start_goes_on(
     st = c.request("status")
     assert st["state"] == "running"
     assert st["shares"][0]["error"] == "mount: wrong fs type, bad option"
-    assert c.backend.share_servers == []
+    assert c.backend.share_servers == {}
     # A bind of the unmounted folder would mount an empty one: the guard refuses it.
     assert c.backend.mounted_shares() == []
 
