@@ -59,6 +59,9 @@ class Agent:
         self.time_adjustments = 0
         self._share_streams: dict[int, socket.socket] = {}
         self._share_cv = threading.Condition()
+        # Set once no share waits for the host's file server: dockerd starts then.
+        self.shares_ready = threading.Event()
+        self._check_shares_ready()
 
     # -- Controller ------------------------------------------------------------------
 
@@ -188,23 +191,35 @@ class Agent:
             while index not in self._share_streams:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return {"ok": False, "error": f"no fs {index} stream came from the host"}
+                    return self._share_failed(entry, f"no fs {index} stream came from the host")
                 self._share_cv.wait(left)
             conn = self._share_streams.pop(index)
+        if not entry.get("pending") and not entry["error"] and os.path.ismount(entry["path"]):
+            conn.close()  # mounted on an earlier stream, which still serves it
+            return {"ok": True, "result": entry}
         try:
             boot.mount_link_share(entry, conn.fileno())
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-            entry["error"] = str(e)
-            entry.pop("pending", None)
-            log.error("share %s over the link: %s", entry["path"], e)
-            return {"ok": False, "error": str(e)}
+            return self._share_failed(entry, str(e))
         finally:
             conn.close()  # the mount keeps its own reference
         entry["error"] = ""
         entry.pop("pending", None)
         self._drop_share_error(entry["path"])
+        self._check_shares_ready()
         log.info("share %s mounted over the link", entry["path"])
         return {"ok": True, "result": entry}
+
+    def _share_failed(self, entry: dict[str, Any], error: str) -> dict[str, Any]:
+        entry["error"] = error
+        entry.pop("pending", None)
+        log.error("share %s over the link: %s", entry["path"], error)
+        self._check_shares_ready()
+        return {"ok": False, "error": error}
+
+    def _check_shares_ready(self) -> None:
+        if not any(sh.get("pending") for sh in self.info.shares):
+            self.shares_ready.set()
 
     def _drop_share_error(self, path: str) -> None:
         prefix = f"share {path}: "
@@ -229,6 +244,8 @@ class Agent:
     def start_engine(self) -> None:
         """Start the engine as early as the data disk allows; the rest boots meanwhile."""
         if self.info.data_device:
+            if not self.shares_ready.is_set():
+                self.engine.gate = self.shares_ready
             self.engine.start(self.info.config.get("engine_config"))
         else:
             self.engine.state = "failed"

@@ -28,6 +28,7 @@ CONTAINERD_SOCK = "/run/containerd/containerd.sock"
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 LOG_LIMIT = 8 * 2**20  # a log past this size is rotated to <name>.log.1 at (re)start
 BACKOFF = (1, 2, 4, 8, 15, 30)
+GATE_TIMEOUT = 60.0  # at most this long dockerd waits for the host's shares
 
 
 def _open_log(name: str) -> int:
@@ -86,6 +87,8 @@ class Engine:
         self.error = ""
         self._lock = threading.RLock()
         self._stopping = False
+        # Set when dockerd may start (the host's shares are mounted); None: no wait.
+        self.gate: threading.Event | None = None
         self.containerd = Service("containerd", ["containerd"])
         self.dockerd = Service("dockerd", [
             "dockerd", "--containerd", CONTAINERD_SOCK, "--host", "unix://" +
@@ -129,6 +132,15 @@ class Engine:
                     if not self.containerd.running():
                         break
                     time.sleep(0.05)
+        gate, self.gate = self.gate, None
+        if gate is not None and not gate.is_set():
+            # Containers that start with the engine (restart policies) must find the
+            # host's folders mounted, not the empty folders beneath them.
+            log.info("dockerd waits for the host's shares")
+            if not gate.wait(GATE_TIMEOUT):
+                log.warning("the host's shares are not mounted after %.0f s; starting "
+                            "dockerd without them", GATE_TIMEOUT)
+        with self._lock:
             if not self.dockerd.running():
                 self.dockerd.start()
         deadline = time.monotonic() + 120

@@ -7,6 +7,7 @@ import signal
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +62,16 @@ def test_other_instance_side_by_side(cove: Cove, hello_image: str) -> None:
 
 
 def test_stop_start_keeps_everything_and_disk_is_clean(cove: Cove, hello_image: str,
-                                                       marker: str) -> None:
+                                                       marker: str,
+                                                       shares: dict[str, Path]) -> None:
+    # A container the engine restarts at boot reads the host's folder as it starts: the
+    # agent holds dockerd back until the host-served ("link") share is mounted.
+    folder = shares["link"] / f"boot-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "boot.txt").write_text("from the host\n")
+    keeper = f"restarts-{uuid.uuid4().hex[:6]}"
+    cove.docker("run", "-d", "--restart", "always", "--name", keeper, "-v", f"{folder}:/w",
+                hello_image, "sh", "-c", "cat /w/boot.txt; sleep 100000")
     qemu_pid = cove.status()["qemu_pid"]
     assert _alive(qemu_pid)
     out = cove.cove("stop")
@@ -71,6 +81,12 @@ def test_stop_start_keeps_everything_and_disk_is_clean(cove: Cove, hello_image: 
     assert cove.status()["state"] == "stopped"
     cove.cove("start", timeout=900)
     _has_container_and_image(cove, marker, hello_image)
+    deadline = time.monotonic() + 60
+    while cove.docker("logs", keeper).stdout.count("from the host") < 2:
+        assert time.monotonic() < deadline, cove.docker("logs", keeper, check=False)
+        time.sleep(0.5)
+    assert "No such file" not in cove.docker("logs", keeper).stderr
+    cove.docker("rm", "-f", keeper)
     disk = cove.control("agent_status")["disk"]  # type: ignore[index]
     assert disk["formatted"] is False
     assert disk["unclean"] is False, disk

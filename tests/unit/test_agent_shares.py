@@ -110,3 +110,84 @@ def test_a_newer_stream_replaces_an_unused_one(ag: agent.Agent) -> None:
 def test_touch_skips_a_share_still_waiting(ag: agent.Agent) -> None:
     # A pending share's folder is an empty mount point: nothing there is the host's.
     assert ag.touch([["/mnt/host/c/Users/me/x", 0o644]]) == 0
+
+
+def test_a_share_mounted_already_is_left_as_it_is(
+        ag: agent.Agent, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A second mount_share (the host asking again) keeps the mount that serves it."""
+    mounts = Mounts()
+    monkeypatch.setattr(boot, "mount_link_share", mounts)
+    monkeypatch.setattr(agent.os.path, "ismount", lambda p: p == "/mnt/host/c/Users/me")
+    for _ in range(2):
+        ours, host = _stream()
+        ag.share_stream(0, ours)
+        assert ag.handle({"op": "mount_share", "index": 0})["ok"]
+        assert ours.fileno() == -1
+        host.close()
+    assert len(mounts.calls) == 1
+    assert ag.info.shares[0]["error"] == ""
+
+
+def test_dockerd_waits_until_no_share_is_pending(ag: agent.Agent,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Containers the engine restarts at boot must find the host's folders mounted: the
+    agent holds dockerd back until every link share is mounted or has failed."""
+    assert not ag.shares_ready.is_set()
+    monkeypatch.setattr(boot, "mount_link_share", Mounts("mount: bad option"))
+    ag.handle({"op": "mount_share", "index": 0, "wait": 0})  # no stream: fails
+    assert ag.shares_ready.is_set()
+    assert ag.info.shares[0]["error"] == "no fs 0 stream came from the host"
+    info = boot.BootInfo()
+    info.shares = [{"path": "/srv/vfs", "tag": "cove0", "transport": "virtiofs", "error": ""}]
+    assert agent.Agent(info).shares_ready.is_set()  # nothing to wait for
+
+
+class FakeService:
+    def __init__(self, name: str, started: list[str]) -> None:
+        self.name, self.started, self.up, self.restarts = name, started, False, 0
+
+    def start(self) -> None:
+        self.started.append(self.name)
+        self.up = True
+
+    def running(self) -> bool:
+        return self.up
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    from guest_engine import engine
+
+    started: list[str] = []
+    e = engine.Engine(lambda ev: None)
+    e.containerd = FakeService("containerd", started)  # type: ignore[assignment]
+    e.dockerd = FakeService("dockerd", started)  # type: ignore[assignment]
+    sock = tmp_path / "containerd.sock"
+    sock.write_text("")
+    monkeypatch.setattr(engine, "CONTAINERD_SOCK", str(sock))
+    monkeypatch.setattr(engine.dockerapi, "ping", lambda: True)
+    monkeypatch.setattr(engine.dockerapi, "get_json", lambda path: {"Version": "26.1.5"})
+    return e, started, engine
+
+
+def test_the_engine_starts_dockerd_when_the_gate_opens(fake_engine: Any) -> None:
+    e, started, _ = fake_engine
+    gate = threading.Event()
+    e.gate = gate
+    t = threading.Thread(target=e._launch)
+    t.start()
+    t.join(0.5)
+    assert started == ["containerd"] and t.is_alive()
+    gate.set()
+    t.join(5)
+    assert started == ["containerd", "dockerd"] and e.state == "running"
+    assert e.gate is None  # only the first start waits
+
+
+def test_the_engine_does_not_wait_for_ever(fake_engine: Any,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    e, started, engine = fake_engine
+    monkeypatch.setattr(engine, "GATE_TIMEOUT", 0.2)
+    e.gate = threading.Event()
+    assert e._launch()
+    assert started == ["containerd", "dockerd"]
