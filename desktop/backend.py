@@ -413,10 +413,10 @@ class Backend:
         assert link is not None and channel is not None
         self.share_servers = {}
         self.share_errors = {}
-        for i, sh in enumerate(self.shares):
-            if sh.transport != "link":
-                continue
+        served = [(i, sh) for i, sh in enumerate(self.shares) if sh.transport == "link"]
+        if served:
             self.set_state("starting", step="shares")
+        for i, sh in served:
             server = ninep.ShareServer(sh.path)
             try:
                 ninep.serve_in_thread(server, link.open("fs", i), f"share-{i}")

@@ -205,7 +205,6 @@ class Agent:
             conn.close()  # the mount keeps its own reference
         entry["error"] = ""
         entry.pop("pending", None)
-        self._drop_share_error(entry["path"])
         self._check_shares_ready()
         log.info("share %s mounted over the link", entry["path"])
         return {"ok": True, "result": entry}

@@ -12,14 +12,20 @@ Exceptions::
 
 from __future__ import annotations
 
+import ntpath
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from desktop.platform.paths import WindowsPaths
+
 if TYPE_CHECKING:
     from desktop.link import Link
+
+
+WINDOWS_PATHS = WindowsPaths()  # pure string rules: used on any host
 
 
 class DriverError(Exception):
@@ -57,29 +63,27 @@ class SharedFolder:
         return {"path": self.guest_path, "tag": self.tag, "transport": self.transport}
 
     def vm_path_of(self, host: str) -> str | None:
-        """Where host path `host` appears in the VM, if it lies in this share. A Windows
-        share (a drive path) is compared without regard to case."""
-        windows = len(self.path) >= 3 and self.path[1:3] == ":\\"
-        sep = "\\" if windows else "/"
-        root = self.path if self.path.endswith(sep) else self.path + sep
-        h, r = (host.casefold(), root.casefold()) if windows else (host, root)
-        if h + sep == r or h == r:
-            return self.guest_path
-        if not h.startswith(r):
-            return None
-        rest = host[len(root):]
-        return self.guest_path.rstrip("/") + "/" + (rest.replace("\\", "/") if windows else rest)
+        """Where host path `host` appears in the VM, if it lies in this share (a Windows
+        share through `WindowsPaths.translate`: drive paths, any case)."""
+        if self.vm_path and ntpath.splitdrive(self.path)[0]:
+            return WINDOWS_PATHS.translate(host, [self.path])
+        if host == self.path or host.startswith(self.path.rstrip("/") + "/"):
+            return self.guest_path + host[len(self.path.rstrip("/")):]
+        return None
+
+
+def require_folder(path: str) -> None:
+    """DriverError unless `path` is a folder on this computer."""
+    if not os.path.isdir(path):
+        raise DriverError(f"cannot share {path}: it is not a folder on this computer; "
+                          "create it or remove it from the shares setting")
 
 
 def link_share(path: str, index: int, windows: bool) -> SharedFolder:
     """A folder Cove serves over the guest link (`desktop.ninep`); on Windows it appears
     in the VM under /mnt/host (C:\\Users\\me -> /mnt/host/c/Users/me)."""
-    if not os.path.isdir(path):
-        raise DriverError(f"cannot share {path}: it is not a folder on this computer; "
-                          "create it or remove it from the shares setting")
-    from desktop.platform.paths import WindowsPaths
-
-    vm_path = WindowsPaths().vm_path(path) if windows else ""
+    require_folder(path)
+    vm_path = WINDOWS_PATHS.vm_path(path) if windows else ""
     return SharedFolder(path, f"cove{index}", "link", vm_path=vm_path)
 
 

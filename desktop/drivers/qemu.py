@@ -35,6 +35,7 @@ from desktop.drivers import (
     VMSpec,
     link_share,
     register,
+    require_folder,
 )
 from desktop.link import Link
 
@@ -169,9 +170,7 @@ def resolve_shares(shares: list[tuple[str, str]], os_name: str,
             transport = "virtiofs" if vfs_ok else "9p"
             if not vfs_ok and not notes:
                 notes.append(f"shares use 9p: {vfs_why}")
-        if not Path(path).is_dir():
-            raise DriverError(f"cannot share {path}: it is not a folder on this computer; "
-                              "create it or remove it from the shares setting")
+        require_folder(path)
         out.append(SharedFolder(path, f"cove{i}", transport))
     return out, notes
 
