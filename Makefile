@@ -14,14 +14,14 @@ APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap squashfs-t
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
 	libxcb-xinerama0 libxcb-image0 libdbus-1-3 libfontconfig1
 
-.PHONY: run test deps venv image lint typecheck unit integration ui bench clean screenshots \
-	package
+.PHONY: run test deps venv image images lint typecheck unit integration ui bench clean screenshots \
+	package fuzz
 
 run: deps venv image
 	$(BIN)/python -m desktop.demo
 
-test: deps venv image lint typecheck
-	$(BIN)/python -m pytest -p no:cacheprovider tests
+test: deps venv images lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=25 tests
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -45,13 +45,20 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-# The arm64 image (Apple silicon, ARM laptops) is built and boot-tested here too.
+# `image`: the guest image for this host's architecture, all `make run` boots. `images`
+# adds the arm64 image (Apple silicon, ARM laptops), which the tests boot too (under
+# emulation): building it took 330 s of a fresh machine's first `make run`.
 image: venv
 	$(BIN)/python -m vm_image build
+
+images: image
 	$(BIN)/python -m vm_image build --arch arm64
 
+# ruff (style and a complexity limit) and import-linter (the layout's contracts,
+# pyproject.toml's [tool.importlinter]).
 lint: venv
 	$(BIN)/ruff check desktop guest_engine vm_image tests benchmarks installers
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
@@ -59,8 +66,15 @@ typecheck: venv
 unit: venv
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-integration: venv image
+integration: venv images
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
+
+# The fuzz targets (tests/fuzz) for long: 20 000 examples each, or COVE_FUZZ_SECONDS=N
+# seconds each; failures go to tests/fuzz/corpus (commit them with the fix). `make test`
+# runs the same targets briefly (200 examples, the corpus read only).
+fuzz: venv
+	COVE_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -p no:cacheprovider \
+		--hypothesis-show-statistics tests/fuzz
 
 # The .deb (installers/linux): build/package/cove_<version>_<arch>.deb, with the guest
 # image inside. VERSION=... overrides desktop.__version__ (the upgrade test builds N, N+1).

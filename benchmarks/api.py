@@ -74,13 +74,13 @@ def _echo(link: object) -> float:
 
 
 def run(runs: int, idle_seconds: float = 60) -> tuple[list[Figure], str]:
-    from desktop.link import Link
+    from desktop.link.tcp import TcpLink
 
     with BenchVM(hostfwd=f"tcp:127.0.0.1:{BARE_PORT}-:{GUEST_PORT}") as vm:
         st = vm.start()
         vm.bare_relay(BARE_PORT, GUEST_PORT)
         token = json.loads((vm.folder / "boot.json").read_text())["token"]
-        link = Link("127.0.0.1", st["link_port"], token)
+        link = TcpLink("127.0.0.1", st["link_port"], token)
         sock = vm.folder / "docker.sock"
         n = max(runs, 30)  # single round trips are cheap: take more of them
         for _ in range(5):  # warm up every path

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def bare_boot(runs: int) -> tuple[list[float], str]:
     import vm_image
     from desktop.drivers import VMSpec
-    from desktop.drivers.qemu import Endpoint, build_command, host_os, probe_accel
+    from desktop.drivers.qemu.accel import probe_accel
+    from desktop.drivers.qemu.command import Endpoint, build_command
+    from desktop.platform.hostinfo import host_os
 
     img = vm_image.find_image("amd64")
     if img is None:

@@ -7,29 +7,37 @@ naming the problem and the fix (after any guest log lines that explain it).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from desktop import __version__, context, engines, pidfile
-from desktop.control import ControlClient, ControlError
-from desktop.instance import (
-    DEFAULT_INSTANCE,
+from desktop import __version__, context, lifecycle, windows_engine
+from desktop.control import ControlError
+from desktop.instance import DEFAULT_INSTANCE, Instance
+from desktop.settings import (
     GIB,
     MIB,
     SHARE_TRANSPORTS,
-    Instance,
+    Settings,
     SettingsError,
     parse_shares,
     parse_size,
 )
-from desktop.platform import endpoints
+from desktop.status import (
+    Event,
+    EventKind,
+    PortState,
+    State,
+    Status,
+    Step,
+    data_disk_message,
+    is_up,
+    step_text,
+)
 
 
 class CliError(Exception):
@@ -38,14 +46,6 @@ class CliError(Exception):
 
 def _instance(args: argparse.Namespace) -> Instance:
     return Instance(args.instance)
-
-
-def _client(inst: Instance) -> ControlClient:
-    return ControlClient(inst.control_socket)
-
-
-def backend_pid(inst: Instance) -> int | None:
-    return pidfile.read_live(inst.pid_file)
 
 
 def _say(msg: str) -> None:
@@ -57,8 +57,26 @@ def _say(msg: str) -> None:
 
 def _apply_flags(inst: Instance, args: argparse.Namespace) -> bool:
     """Fold --cpus/--memory/--disk/--arch into the settings; True if anything changed."""
-    settings = inst.load_settings()
-    before = settings.to_json()
+    changed = False
+
+    def change(settings: Settings) -> bool:
+        nonlocal changed
+        before = settings.to_json()
+        _fold_flags(inst, settings, args)
+        settings.validate()
+        changed = settings.to_json() != before
+        return changed
+
+    if _any_flag(args) or not inst.settings_file.exists():
+        inst.update_settings(change)
+    return changed
+
+
+def _any_flag(args: argparse.Namespace) -> bool:
+    return any(getattr(args, n, None) is not None for n in ("arch", "cpus", "memory", "disk"))
+
+
+def _fold_flags(inst: Instance, settings: Settings, args: argparse.Namespace) -> None:
     arch = getattr(args, "arch", None)
     if arch is not None and arch != settings.arch:
         if inst.data_disk.exists():
@@ -80,157 +98,52 @@ def _apply_flags(inst: Instance, args: argparse.Namespace) -> bool:
                 f"--disk: the data disk can only grow (it is {settings.disk_gib}G now)"
             )
         settings.disk_gib = disk_gib
-    settings.validate()
-    changed = settings.to_json() != before
-    if changed or not inst.settings_file.exists():
-        inst.save_settings(settings)
-    return changed
 
 
-def _ensure_image(arch: str) -> None:
-    import vm_image
-    from vm_image import builder
-
-    if vm_image.find_image(arch) is not None:
+def _print_step(ev: Event) -> None:
+    """A start's progress, one line a step (and the accelerator's notes)."""
+    if ev.get("event") in (EventKind.CONTEXT_NOT_SET, EventKind.SHARES_NOTE):
+        _say(f"  note: {ev.get('message')}")
+    if ev.get("event") != State.STARTING:
         return
-    if builder.is_packaged() or os.geteuid() != 0:
-        # A packaged Cove ships its image (and never builds one); from source, root builds.
-        raise CliError(builder.missing_image_message(arch))
-    _say(f"building the {arch} guest image (once; a few minutes)")
+    step = ev.get("step", "")
+    extra = ""
+    if step == Step.AGENT and ev.get("accel"):
+        extra = f" (accelerator: {ev['accel']})"
+        for note in ev.get("accel_notes") or []:
+            _say(f"  note: {note}; using software emulation (TCG)")
+    _say(f"  {step_text(step)}{extra}")
+
+
+def _wait_running(inst: Instance, proc: subprocess.Popen | None) -> Status:
     try:
-        vm_image.build(arch, progress=lambda m: _say(f"  image: {m}"))
-    except vm_image.BuildError as e:
-        raise CliError(f"the guest image could not be built: {e}") from e
-
-
-def spawn_backend(inst: Instance) -> subprocess.Popen:
-    inst.ensure_folder()
-    out = inst.folder / "backend.out"
-    with out.open("ab") as f:
-        return subprocess.Popen(
-            [sys.executable, "-m", "desktop", "backend", "--instance", inst.name],
-            stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True,
-            close_fds=True,
-        )
-
-
-STEP_TEXT = {
-    "image": "checking the guest image",
-    "disk": "preparing the data disk",
-    "vm": "booting the VM",
-    "agent": "waiting for the guest agent",
-    "engine": "waiting for the Docker engine",
-}
-
-
-def wait_running(inst: Instance, proc: subprocess.Popen | None, quiet: bool = False,
-                 timeout: float = 600) -> dict[str, Any]:
-    """Follow the backend's events until running (returns status) or error (raises)."""
-    client = _client(inst)
-    since = time.time() - 1
-    deadline = time.monotonic() + timeout
-    error = ""
-    # A stale control.sock from a killed backend may still be there: connecting is what
-    # tells the new backend is up.
-    while True:
-        try:
-            events = client.events(history=True)
-            first = next(events)
-            break
-        except (ControlError, StopIteration):
-            if proc is not None and proc.poll() is not None:
-                raise CliError(_logged_error(inst, since) or _backend_died(inst)) from None
-            if time.monotonic() > deadline:
-                raise CliError("the backend did not start; see " + str(inst.backend_log)) \
-                    from None
-            time.sleep(0.05)
-    try:
-        for ev in itertools.chain([first], events):
-            kind = ev.get("event")
-            if kind == "starting" and not quiet:
-                step = ev.get("step", "")
-                extra = ""
-                if step == "agent" and ev.get("accel"):
-                    extra = f" (accelerator: {ev['accel']})"
-                    for note in ev.get("accel_notes") or []:
-                        _say(f"  note: {note}; using software emulation (TCG)")
-                _say(f"  {STEP_TEXT.get(step, step)}{extra}")
-            elif kind == "running":
-                return client.request("status")
-            elif kind == "error":
-                error = ev.get("reason", "unknown error")
-            elif kind == "stopped":
-                break
-    except ControlError:
-        pass
-    # The backend may have ended before we could follow it: its events log still says why.
-    error = error or _logged_error(inst, since)
-    if error:
-        lines = error.splitlines()
-        if len(lines) > 1:
-            _say("\n".join(lines[1:]))
-        raise CliError(lines[0])
-    raise CliError(_backend_died(inst))
-
-
-def _logged_error(inst: Instance, since: float) -> str:
-    """The reason of the last error event written to events.log after `since`."""
-    try:
-        lines = inst.events_log.read_text().splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if ev.get("time", 0) < since:
-            break
-        if ev.get("event") == "error":
-            return str(ev.get("reason", "unknown error"))
-    return ""
-
-
-def _backend_died(inst: Instance) -> str:
-    try:
-        tail = (inst.folder / "backend.out").read_text().strip().splitlines()[-3:]
-    except OSError:
-        tail = []
-    return "the backend stopped before the engine was up" + (
-        ": " + " / ".join(tail) if tail else f"; see {inst.backend_log}")
-
-
-def engine_info(inst: Instance) -> dict[str, Any]:
-    from guest_engine import dockerapi
-
-    return dockerapi.get_json("/info", path=str(inst.docker_socket), timeout=30)
+        return lifecycle.wait_running(inst, proc, on_event=_print_step)
+    except lifecycle.StartFailed as e:
+        if e.detail:
+            _say(e.detail)
+        raise
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     inst = _instance(args)
     changed = _apply_flags(inst, args)  # validates before anything is written
-    inst.ensure_folder()
-    marker = inst.folder / "no-activate"
-    if args.no_activate:
-        marker.touch()
-    else:
-        marker.unlink(missing_ok=True)
-    if backend_pid(inst) is not None:
-        st = _client(inst).request("status")
+    lifecycle.set_activation(inst, not args.no_activate)
+    if lifecycle.is_running(inst):
+        st = lifecycle.client(inst).status()
         msg = f"Cove ({inst.name}) is already {st['state']}"
         if changed:
             msg += "; the new settings apply after `cove restart`"
         print(msg)
         return 0
     settings = inst.load_settings()
-    _ensure_image(settings.arch)
+    lifecycle.ensure_image(settings.arch, progress=_say)
     t0 = time.monotonic()
     _say(f"starting Cove ({inst.name}): {settings.cpus} CPUs, "
          f"{settings.memory_mib // 1024 if settings.memory_mib >= 1024 else settings.memory_mib}"
          f"{'G' if settings.memory_mib >= 1024 else 'M'} memory, {settings.disk_gib}G disk")
-    proc = spawn_backend(inst)
-    st = wait_running(inst, proc)
-    info = engine_info(inst)
+    proc = lifecycle.spawn_backend(inst)
+    st = _wait_running(inst, proc)
+    info = lifecycle.engine_info(inst)
     took = time.monotonic() - t0
     print(f"Cove is running ({took:.1f} s): Docker engine {info.get('ServerVersion')}, "
           f"{st.get('accel')}; docker context '{inst.context_name}'"
@@ -241,26 +154,10 @@ def cmd_start(args: argparse.Namespace) -> int:
 # -- stop / restart / status -------------------------------------------------------------
 
 
-def stop_backend(inst: Instance, timeout: float = 180) -> bool:
-    pid = backend_pid(inst)
-    if pid is None:
-        return False
-    try:
-        _client(inst).request("stop")
-    except ControlError:
-        os.kill(pid, 15)
-    deadline = time.monotonic() + timeout
-    while pidfile.read_live(inst.pid_file) == pid and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pidfile.read_live(inst.pid_file) == pid:
-        raise CliError(f"the backend (pid {pid}) did not stop in {timeout:.0f} s")
-    return True
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
     inst = _instance(args)
     t0 = time.monotonic()
-    if not stop_backend(inst):
+    if not lifecycle.stop_backend(inst):
         print(f"Cove ({inst.name}) is not running")
         return 0
     print(f"Cove ({inst.name}) stopped ({time.monotonic() - t0:.1f} s)")
@@ -269,34 +166,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_restart(args: argparse.Namespace) -> int:
     inst = _instance(args)
-    stop_backend(inst)
+    lifecycle.stop_backend(inst)
     for name in ("cpus", "memory", "disk"):
         setattr(args, name, None)
-    args.no_activate = (inst.folder / "no-activate").exists()
+    args.no_activate = not lifecycle.activates(inst)
     return cmd_start(args)
-
-
-def status_of(inst: Instance) -> dict[str, Any]:
-    if backend_pid(inst) is not None:
-        try:
-            return _client(inst).request("status", timeout=5)
-        except ControlError:
-            pass
-    s = inst.load_settings()
-    return {"state": "stopped", "instance": inst.name,
-            "docker_host": endpoints.docker_host(inst), "context": inst.context_name,
-            "engine_version": "", "cpus": s.cpus, "memory": s.memory_mib * MIB,
-            "disk": s.disk_gib * GIB, "arch": s.arch, "accel": "", "uptime": 0}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     inst = _instance(args)
-    st = status_of(inst)
+    st = lifecycle.status_of(inst)
     engine, engine_text = _engine_mode(inst)
     if args.json:
         print(json.dumps({**st, "engine": engine}, indent=2))
         return 0
-    print(f"Cove ({st['instance']}): {st['state']}")
+    print(f"Cove ({st['instance']}): {st['state']}"
+          + (" (its VM still runs without a backend)" if st.get("orphan_pid") else ""))
     if st.get("reason"):
         print(f"  reason:  {st['reason'].splitlines()[0]}")
     rows = [("engine", engine_text), ("version", st.get("engine_version") or "-"),
@@ -306,8 +191,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("accel", st.get("accel") or "-"), ("uptime", f"{st.get('uptime', 0):.0f} s")]
     for k, v in rows:
         print(f"  {k + ':':8} {v}")
+    disk = st.get("data_disk") or {}
+    if note := data_disk_message(disk.get("level", ""), disk.get("size", 0),
+                                 disk.get("free", 0), st.get("disk", 0) // GIB):
+        print(f"  {note}")
     for p in st.get("ports") or []:
-        if p.get("state") == "failed":
+        if p.get("state") in PortState.TROUBLE:
             print(f"  port {p['host_port']}/{p['proto']} ({p['container'] or 'host network'})"
                   f": {p['reason']}")
     return 0
@@ -317,27 +206,28 @@ def _engine_mode(inst: Instance) -> tuple[str, str]:
     """The active engine mode and its status line text ("unknown" when engine.json is
     unreadable: status still answers, and says why)."""
     try:
-        mode = engines.load_mode(inst.home)
-    except engines.EngineStateError as e:
+        mode = windows_engine.load_mode(inst.home)
+    except windows_engine.EngineStateError as e:
         return "unknown", f"unknown ({e})"
-    return mode, f"{mode} ({engines.DESCRIPTIONS[mode]})"
+    return mode, f"{mode} ({windows_engine.DESCRIPTIONS[mode]})"
 
 
 def cmd_ports(args: argparse.Namespace) -> int:
     inst = _instance(args)
-    st = status_of(inst)
+    st = lifecycle.status_of(inst)
     ports = st.get("ports") or []
     if args.json:
         print(json.dumps(ports, indent=2))
         return 0
-    if st["state"] != "running":
+    if not is_up(st["state"]):
         print(f"Cove ({inst.name}) is {st['state']}: no ports are forwarded")
         return 0
     print(f"{'HOST':24} {'GUEST':7} {'PROTO':5} {'CONTAINER':24} STATE")
     for p in ports:
         host = ",".join(f"[{a}]:{p['host_port']}" if ":" in a else f"{a}:{p['host_port']}"
                         for a in p["host_addresses"])
-        state = p["state"] if p["state"] != "failed" else f"failed: {p['reason']}"
+        state = p["state"] if p["state"] not in PortState.TROUBLE else \
+            f"{p['state']}: {p['reason']}"
         print(f"{host:24} {p['guest_port']:<7} {p['proto']:5} "
               f"{p['container'] or '(host network)':24} {state}")
     return 0
@@ -346,18 +236,18 @@ def cmd_ports(args: argparse.Namespace) -> int:
 # -- engine ------------------------------------------------------------------------------
 
 
-def engine_switcher(inst: Instance) -> engines.Switcher:
+def engine_switcher(inst: Instance) -> windows_engine.Switcher:
     """The engine switcher for `inst` (tests replace it with one built on fakes)."""
 
     def start_vm() -> None:
         # The VM starts as with `cove start`; a backend already booting is followed.
         proc = None
-        if backend_pid(inst) is None:
-            _ensure_image(inst.load_settings().arch)
-            proc = spawn_backend(inst)
-        wait_running(inst, proc)
+        if not lifecycle.is_running(inst):
+            lifecycle.ensure_image(inst.load_settings().arch, progress=_say)
+            proc = lifecycle.spawn_backend(inst)
+        _wait_running(inst, proc)
 
-    return engines.switcher_for(inst, start_vm)
+    return windows_engine.switcher_for(inst, start_vm)
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -384,10 +274,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
         if args.mode != "windows":
             raise CliError("--dockerd is for the windows engine: "
                            "cove engine use windows --dockerd PATH")
-        from desktop import winengine
-
         win = sw.engines["windows"]
-        assert isinstance(win, winengine.WindowsEngine)
+        assert isinstance(win, windows_engine.WindowsEngine)
         settings = win.load_settings()
         settings.dockerd = args.dockerd
         win.save_settings(settings)
@@ -397,7 +285,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         _say("switching to Windows containers (dockerd.exe starts if it is not running)")
     res = sw.switch(args.mode)
     left = "" if res.previous == res.mode else f"; the {res.previous} engine was left running"
-    print(f"engine: {res.mode} ({engines.DESCRIPTIONS[res.mode]})"
+    print(f"engine: {res.mode} ({windows_engine.DESCRIPTIONS[res.mode]})"
           f"{', Docker ' + res.version if res.version else ''}; docker context "
           f"'{inst.context_name}' points at {res.endpoint}{left}")
     return 0
@@ -414,56 +302,28 @@ def cmd_shares(args: argparse.Namespace) -> int:
     """List, add or remove shared folders; a change to a running VM's set asks first."""
     inst = _instance(args)
     settings = inst.load_settings()
-    st = status_of(inst)
-    running = st["state"] in ("running", "starting", "degraded")
+    st = lifecycle.status_of(inst)
+    running = st["state"] in (State.RUNNING, State.STARTING, State.DEGRADED)
     if args.action == "list":
-        booted = {sh["path"]: sh["transport"] for sh in st.get("shares") or []}
-        failed = {sh["path"]: sh["error"] for sh in st.get("shares") or [] if sh.get("error")}
-        in_vm = {sh["path"]: sh.get("vm_path", sh["path"]) for sh in st.get("shares") or []}
-        saved = parse_shares(settings.shares)
-        if args.json:
-            print(json.dumps([{"path": p, "transport": booted.get(p, t),
-                               "mounted": p in booted and p not in failed,
-                               "vm_path": in_vm.get(p, p),
-                               **({"error": failed[p]} if p in failed else {})}
-                              for p, t in saved], indent=2))
-            return 0
-        if not saved:
-            print("No folder is shared with the VM (add one: cove shares add PATH)")
-        for path, transport in saved:
-            where = f"mounted ({booted[path]})" if path in booted else (
-                "after a restart" if running else transport)
-            if path in failed:
-                where = f"not mounted ({booted[path]}): {failed[path]}"
-            elif in_vm.get(path, path) != path:
-                where += f" at {in_vm[path]} in the VM"
-            print(f"{path:40} {where}")
-        for path in booted:
-            if path not in dict(saved):
-                print(f"{path:40} mounted until the next restart (removed from settings)")
+        _list_shares(st, parse_shares(settings.shares), running, args.json)
         return 0
     if not args.path:
         raise CliError(f"cove shares {args.action} needs a folder path")
     # Kept in the setting's own normal form (on Windows: C:\Users\me), so a folder given
     # another way (c:/users/me/) is found again.
     path = _share_paths([os.path.normpath(os.path.abspath(os.path.expanduser(args.path)))])[0]
-    before = _share_paths(settings.shares)
-    if args.action == "add":
-        if not Path(path).is_dir():
-            raise CliError(f"{path} is not a folder on this computer")
-        if path in before:
-            print(f"{path} is already shared")
-            return 0
-        entry: Any = path if args.transport == "auto" else {"path": path,
-                                                             "transport": args.transport}
-        settings.shares = [*settings.shares, entry]
-    else:
-        if path not in before:
-            raise CliError(f"{path} is not shared; shared folders: "
-                           f"{', '.join(before) or 'none'}")
-        settings.shares = [e for e in settings.shares if _share_paths([e])[0] != path]
-    settings.validate()
-    inst.save_settings(settings)
+    changed = False
+
+    def change(s: Settings) -> bool:
+        # Under the settings lock, on the file as it is now: what another program saved
+        # meanwhile stays.
+        nonlocal changed
+        changed = _change_shares(s, args.action, path, args.transport)
+        return changed
+
+    inst.update_settings(change)
+    if not changed:
+        return 0
     verb = "shared" if args.action == "add" else "no longer shared"
     if not running:
         print(f"{path} is {verb} from the next start")
@@ -477,11 +337,56 @@ def cmd_shares(args: argparse.Namespace) -> int:
     if not restart:
         print("Saved. Run `cove restart` to apply it.")
         return 0
-    args.no_activate = (inst.folder / "no-activate").exists()
-    stop_backend(inst)
+    args.no_activate = not lifecycle.activates(inst)
+    lifecycle.stop_backend(inst)
     for name in ("cpus", "memory", "disk"):
         setattr(args, name, None)
     return cmd_start(args)
+
+
+def _change_shares(settings: Settings, action: str, path: str, transport: str) -> bool:
+    """Add or remove `path` in `settings`; False (said why) when nothing changes."""
+    before = _share_paths(settings.shares)
+    if action == "add":
+        if not Path(path).is_dir():
+            raise CliError(f"{path} is not a folder on this computer")
+        if path in before:
+            print(f"{path} is already shared")
+            return False
+        entry: Any = path if transport == "auto" else {"path": path, "transport": transport}
+        settings.shares = [*settings.shares, entry]
+        return True
+    if path not in before:
+        raise CliError(f"{path} is not shared; shared folders: {', '.join(before) or 'none'}")
+    settings.shares = [e for e in settings.shares if _share_paths([e])[0] != path]
+    return True
+
+
+def _list_shares(st: Status, saved: list[tuple[str, str]], running: bool,
+                 as_json: bool) -> None:
+    booted = {sh["path"]: sh["transport"] for sh in st.get("shares") or []}
+    failed = {sh["path"]: sh["error"] for sh in st.get("shares") or [] if sh.get("error")}
+    in_vm = {sh["path"]: sh.get("vm_path", sh["path"]) for sh in st.get("shares") or []}
+    if as_json:
+        print(json.dumps([{"path": p, "transport": booted.get(p, t),
+                           "mounted": p in booted and p not in failed,
+                           "vm_path": in_vm.get(p, p),
+                           **({"error": failed[p]} if p in failed else {})}
+                          for p, t in saved], indent=2))
+        return
+    if not saved:
+        print("No folder is shared with the VM (add one: cove shares add PATH)")
+    for path, transport in saved:
+        where = f"mounted ({booted[path]})" if path in booted else (
+            "after a restart" if running else transport)
+        if path in failed:
+            where = f"not mounted ({booted[path]}): {failed[path]}"
+        elif in_vm.get(path, path) != path:
+            where += f" at {in_vm[path]} in the VM"
+        print(f"{path:40} {where}")
+    for path in booted:
+        if path not in dict(saved):
+            print(f"{path:40} mounted until the next restart (removed from settings)")
 
 
 # -- delete / reset ----------------------------------------------------------------------
@@ -504,28 +409,18 @@ def cmd_delete(args: argparse.Namespace) -> int:
         return 0
     _confirm(f"Delete instance '{inst.name}' with all its images, containers and volumes?",
              args.force)
-    stop_backend(inst)
-    context.remove(inst.context_name, inst.folder / "previous-context")
-    shutil.rmtree(inst.folder)
+    for note in lifecycle.delete_instance(inst):
+        _say(f"note: {note}")
     print(f"Cove ({inst.name}) deleted")
     return 0
-
-
-def reset_instance(inst: Instance) -> None:
-    """Stop the instance and delete its folder (data disk, settings, logs); its docker
-    context goes too. Shared by `cove reset` and the tray's Troubleshoot window."""
-    stop_backend(inst)
-    context.remove(inst.context_name, inst.folder / "previous-context")
-    if inst.exists():
-        shutil.rmtree(inst.folder)
-    inst.ensure_folder()
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
     inst = _instance(args)
     _confirm(f"Reset '{inst.name}' to factory defaults? This deletes its data disk (all "
              "images, containers and volumes) and its settings.", args.force)
-    reset_instance(inst)
+    for note in lifecycle.reset_instance(inst):
+        _say(f"note: {note}")
     print(f"Cove ({inst.name}) is reset to factory defaults; `cove start` starts it afresh")
     return 0
 
@@ -550,7 +445,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                             for ln in lines))
         else:
             try:
-                print(_client(inst).request("logs", name=name, lines=args.lines))
+                print(lifecycle.client(inst).logs(name, args.lines))
             except ControlError as e:
                 print(f"(unavailable: {e})")
     if args.follow:
@@ -585,8 +480,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
     from desktop import ssh
 
     inst = _instance(args)
-    st = status_of(inst)
-    if st["state"] != "running":
+    st = lifecycle.status_of(inst)
+    if not is_up(st["state"]):  # degraded too: when a shell is needed most
         raise CliError(f"Cove ({inst.name}) is {st['state']}; start it with `cove start`")
     try:
         if args.cmd:
@@ -623,7 +518,7 @@ def cmd_version(args: argparse.Namespace) -> int:
     (a packaged Cove's own read-only image, or one built on this machine)."""
     import platform
 
-    from desktop.instance import default_arch
+    from desktop.settings import default_arch
     from vm_image import builder
     from vm_image.cli import SOURCE_TEXT
 
@@ -726,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     en = add("engine", cmd_engine, "switch between Linux containers (the VM) and Windows "
              "containers (native dockerd.exe, Windows only)")
     en.add_argument("action", choices=["use", "status"])
-    en.add_argument("mode", nargs="?", choices=list(engines.MODES),
+    en.add_argument("mode", nargs="?", choices=list(windows_engine.MODES),
                     help="the engine to use: linux or windows")
     en.add_argument("--dockerd", metavar="PATH", help="where dockerd.exe is (windows)")
     en.add_argument("--json", action="store_true", help="machine-readable status")
@@ -753,8 +648,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, SettingsError, ControlError, engines.EngineError) as e:
+    except (CliError, SettingsError, ControlError, lifecycle.LifecycleError,
+            windows_engine.EngineError, context.ContextError) as e:
         print(f"cove: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cove status | head -2`): no traceback, and none at exit
+        # when Python flushes stdout again. 141 is what a shell reports for SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141

@@ -5,6 +5,10 @@ and the current one as ``currentContext`` in ``$DOCKER_CONFIG/config.json``. Wri
 these files directly (instead of running `docker context create`) works without the
 docker CLI and keeps the rest of config.json untouched. The previous current context is
 remembered in the instance folder and restored when the instance is deleted.
+
+config.json also holds the user's registry credentials, credential helpers and proxies:
+only a missing file counts as empty. One Cove cannot read or parse is never rewritten;
+`ContextError` says why, and the context is left as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from desktop.platform.files import atomic_write
+
 
 def docker_config_dir() -> Path:
     return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
@@ -25,12 +31,31 @@ def _meta_dir(name: str) -> Path:
     return docker_config_dir() / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
 
 
+class ContextError(Exception):
+    """config.json cannot be read or is not docker's JSON; it is left byte for byte as
+    it was. The message names the file, the problem and the fix."""
+
+
 def _read_config() -> dict[str, Any]:
+    """config.json's content: {} when there is none; ContextError when it cannot be read
+    or parsed (it is never replaced then: it may hold the user's credentials)."""
+    path = docker_config_dir() / "config.json"
     try:
-        data = json.loads((docker_config_dir() / "config.json").read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
         return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ContextError(f"cannot read {path} ({e}); fix its owner or permissions "
+                           f"(e.g. sudo chown $USER {path}); Cove left it as it is") from e
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ContextError(f"{path} is not valid JSON ({e}); fix it by hand (`docker` "
+                           "cannot read it either); Cove left it as it is") from e
+    if not isinstance(data, dict):
+        raise ContextError(f"{path} is not a JSON object; fix it by hand; Cove left it "
+                           "as it is")
+    return data
 
 
 def _write_config(data: dict[str, Any]) -> None:
@@ -42,15 +67,11 @@ def _write_config(data: dict[str, Any]) -> None:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
         mode = 0o600
-    tmp = path.with_name(path.name + ".cove-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent="\t") + "\n")
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent="\t") + "\n", mode)
 
 
 def current() -> str:
+    """The current context's name (ContextError when config.json is unreadable)."""
     return str(_read_config().get("currentContext") or "default")
 
 
@@ -66,17 +87,16 @@ def create(name: str, socket_url: str, description: str) -> None:
         "Metadata": {"Description": description},
         "Endpoints": {"docker": {"Host": socket_url, "SkipTLSVerify": False}},
     }
-    d = _meta_dir(name)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "meta.json").write_text(json.dumps(meta))
+    atomic_write(_meta_dir(name) / "meta.json", json.dumps(meta), 0o644)
 
 
 def use(name: str, remember: Path | None = None) -> None:
-    """Make `name` current; the one it replaces is written to `remember` (once)."""
-    prev = current()
-    if remember is not None and prev != name and not remember.exists():
-        remember.write_text(prev + "\n")
+    """Make `name` current; the one it replaces is written to `remember` (once).
+    ContextError (and nothing written) when config.json cannot be read."""
     cfg = _read_config()
+    prev = str(cfg.get("currentContext") or "default")
+    if remember is not None and prev != name and not remember.exists():
+        atomic_write(remember, prev + "\n")
     if name == "default":
         cfg.pop("currentContext", None)
     else:

@@ -1,260 +1,29 @@
-"""An instance's folder and settings under ``$COVE_HOME``.
+"""One instance: its folder under ``$COVE_HOME``, the paths in it, its settings file.
 
-One folder per instance (``default`` unless named)::
-
-    $COVE_HOME/<name>/
-      settings.json   resources, engine config, port policy (validated)
-      data.qcow2      the data disk
-      docker.sock     the forwarded engine API (0600)
-      control.sock    the backend's control API (0600)
-      backend.pid     "<pid> <start time>" (a reused pid is not mistaken for ours)
-      boot.json       the per-boot token for the guest (0600, read by QEMU)
-      qmp.sock, serial.log, qemu.log, backend.log, events.log
-
-Settings errors are `SettingsError`, whose message names the field and the fix; a
-settings file that fails validation is never overwritten.
+Every path is built from the names in `desktop.home`; the settings themselves and their
+checks are `desktop.settings`. A settings file that fails those checks is never
+overwritten: `load_settings` raises `SettingsError` naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import posixpath
 import re
-import stat
-import sys
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from desktop.platform.paths import HOST_PATHS, HostPaths, WindowsPaths
+from desktop import home
+from desktop.home import cove_home
+from desktop.platform.files import NotPrivateError, atomic_write, private_folder
+from desktop.platform.locks import FileLock, LockHeld
+from desktop.settings import Settings, SettingsError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}")  # used with fullmatch
-SOCKET_PATH_LIMIT = 104  # macOS's sun_path; Linux allows 108
 DEFAULT_INSTANCE = "default"
-MIB = 2**20
-GIB = 2**30
-
-
-class SettingsError(ValueError):
-    """A setting, flag or file is invalid; the message names it and the fix."""
-
-
-def cove_home() -> Path:
-    return Path(os.environ.get("COVE_HOME") or Path.home() / ".cove")
-
-
-def host_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * GIB
-
-
-def host_cpus() -> int:
-    return os.cpu_count() or 1
-
-
-def default_memory_mib() -> int:
-    """Half the host's memory, at most 8 GiB (at least 1 GiB)."""
-    return max(1024, min(host_memory() // 2, 8 * GIB) // MIB)
-
-
-def default_arch() -> str:
-    """The guest architecture that runs fastest here: the host's own (Apple silicon and
-    ARM laptops get arm64); amd64 where the host is neither."""
-    import platform
-
-    return "arm64" if platform.machine().lower() in ("arm64", "aarch64") else "amd64"
-
-
-def default_cpus() -> int:
-    return max(1, min(host_cpus(), 4))
-
-
-# "link": Cove's own 9P server over the guest link (`desktop.ninep`), what Windows hosts
-# use; any host can choose it (slower than the hypervisor's devices).
-SHARE_TRANSPORTS = ("auto", "virtiofs", "9p", "link")
-# The VM's own folders: a share mounted on or over one of them would break the VM.
-VM_RESERVED = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/mnt/data", "/proc",
-               "/run", "/sbin", "/sys", "/usr", "/var/lib/containerd", "/var/lib/docker",
-               "/var/run")
-MAX_SHARES = 16
-
-
-def default_shares() -> list[Any]:
-    """The user's home folder; on macOS also where volumes and temporary files live."""
-    if sys.platform == "darwin":
-        return [str(Path.home()), "/Volumes", "/private", "/tmp", "/var/folders"]
-    if sys.platform == "win32":
-        # The user's profile folder (C:\Users\me), seen in the VM at /mnt/host/c/Users/me.
-        profile = os.environ.get("USERPROFILE") or str(Path.home())
-        try:
-            return [WindowsPaths().normalize(profile)]
-        except ValueError:
-            return []  # a profile on a network share: nothing is shared by default
-    home = Path.home()
-    return [str(home)] if home.is_dir() else []
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def parse_shares(entries: Any, paths: HostPaths = HOST_PATHS) -> list[tuple[str, str]]:
-    """The `shares` setting as [(path, transport)]; SettingsError names the bad entry.
-
-    An entry is a folder path, or {"path": ..., "transport": "auto"|"virtiofs"|"9p"|"link"}.
-    Each folder is mounted in the VM at the same path, so it must be absolute and
-    normalized, must not be (or contain) one of the VM's own folders, and shares must
-    not nest (one mount would hide part of the other). With Windows `paths`, a folder is
-    a drive path (returned normalized: "c:/Users/me" -> "C:\\Users\\me"), mounted under
-    /mnt/host, so the VM's own folders are out of its way; network paths are refused.
-    """
-    if not isinstance(entries, list):
-        raise SettingsError("shares: must be a list of folder paths")
-    if len(entries) > MAX_SHARES:
-        raise SettingsError(f"shares: {len(entries)} folders; at most {MAX_SHARES}")
-    out: list[tuple[str, str]] = []
-    for e in entries:
-        if isinstance(e, str):
-            path, transport = e, "auto"
-        elif isinstance(e, dict) and isinstance(e.get("path"), str) and \
-                set(e) <= {"path", "transport"}:
-            path, transport = e["path"], e.get("transport", "auto")
-        else:
-            raise SettingsError(
-                f"shares: {e!r} is not a folder path nor {{\"path\": ..., \"transport\": ...}}")
-        if transport not in SHARE_TRANSPORTS:
-            raise SettingsError(f"shares: {path}: transport {transport!r} is not one of "
-                                f"{', '.join(SHARE_TRANSPORTS)}")
-        if isinstance(paths, WindowsPaths):
-            path = _windows_share(path, paths)
-            for other, _ in out:
-                if paths.under(path, other) or paths.under(other, path):
-                    raise SettingsError(f"shares: {path} and {other} overlap (one is inside "
-                                        "the other); keep only one of them")
-            out.append((path, transport))
-            continue
-        if not path.startswith("/"):
-            raise SettingsError(f"shares: {path!r} is not an absolute path; write it from /")
-        # normpath keeps a leading "//"; Linux reads it as "/" ("//etc" is /etc).
-        norm = "/" + posixpath.normpath(path).lstrip("/")
-        if norm != path:
-            raise SettingsError(f"shares: write {path!r} as {norm!r}")
-        if path == "/":
-            raise SettingsError("shares: / would share the whole computer and hide the VM's "
-                                "own files; share the folders you work in, e.g. your home")
-        for r in VM_RESERVED:
-            if _under(path, r) or _under(r, path):
-                raise SettingsError(f"shares: {path} overlaps the VM's own {r}; share a "
-                                    "folder outside it (e.g. under your home)")
-        for other, _ in out:
-            if _under(path, other) or _under(other, path):
-                inner, outer = (path, other) if _under(path, other) else (other, path)
-                raise SettingsError(f"shares: {inner} is inside {outer}, which is shared "
-                                    "too; keep only one of them")
-        out.append((path, transport))
-    return out
-
-
-def _windows_share(path: str, paths: WindowsPaths) -> str:
-    try:
-        norm = paths.normalize(path)
-    except ValueError as e:
-        raise SettingsError(f"shares: {e}") from None
-    if norm.endswith(":\\"):
-        raise SettingsError(f"shares: {norm} would share the whole drive; share the folders "
-                            "you work in, e.g. your user folder")
-    return norm
-
-
-SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B))?\s*", re.IGNORECASE)
-
-
-def parse_size(value: str | int, what: str, unit: int = MIB) -> int:
-    """'4G', '4GiB', '512M', '2048' (in `unit`) -> bytes; SettingsError naming `what`."""
-    if isinstance(value, int):
-        return value * unit
-    m = SIZE_RE.fullmatch(str(value))
-    if not m:
-        raise SettingsError(
-            f"{what}: {value!r} is not a size; use a number with M or G, e.g. 4G or 512M"
-        )
-    number = float(m.group(1))
-    if m.group(3):
-        mult = 1  # plain bytes
-    else:
-        mult = {"": unit, "K": 2**10, "M": MIB, "G": GIB, "T": 2**40}[(m.group(2) or "").upper()]
-    return int(number * mult)
-
-
-@dataclass
-class Settings:
-    cpus: int = field(default_factory=default_cpus)
-    memory_mib: int = field(default_factory=default_memory_mib)
-    disk_gib: int = 64
-    arch: str = field(default_factory=default_arch)
-    engine_config: dict[str, Any] = field(default_factory=dict)
-    expose_ports_on_all_interfaces: bool = False
-    shares: list[Any] = field(default_factory=default_shares)
-    # Windows only: also serve the engine on \\.\pipe\docker_engine (what docker SDKs and
-    # IDEs use when they ignore contexts) whenever no other program (Docker Desktop) holds
-    # it; Cove never takes it from one. False: Cove's own pipe and context only.
-    docker_engine_pipe: bool = True
-
-    def validate(self) -> None:
-        if not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1:
-            raise SettingsError(f"cpus: {self.cpus!r} must be a whole number of at least 1")
-        if self.cpus > host_cpus():
-            raise SettingsError(
-                f"cpus: {self.cpus} is more than this computer has ({host_cpus()}); "
-                f"use at most {host_cpus()}"
-            )
-        if not isinstance(self.memory_mib, int) or self.memory_mib < 512:
-            raise SettingsError(f"memory: {self.memory_mib!r} MiB is too little; use at least 512M")
-        total = host_memory() // MIB
-        if self.memory_mib > total:
-            raise SettingsError(
-                f"memory: {self.memory_mib} MiB is more than this computer has ({total} MiB); "
-                f"use at most {total // 1024}G"
-            )
-        if not isinstance(self.disk_gib, int) or not 8 <= self.disk_gib <= 4096:
-            raise SettingsError(f"disk: {self.disk_gib!r} GiB must be between 8G and 4096G")
-        if self.arch not in ("amd64", "arm64"):
-            raise SettingsError(f"arch: {self.arch!r} is not supported; use amd64 or arm64")
-        if not isinstance(self.engine_config, dict):
-            raise SettingsError("engine_config: must be a JSON object (the engine's daemon.json)")
-        if not isinstance(self.expose_ports_on_all_interfaces, bool):
-            raise SettingsError("expose_ports_on_all_interfaces: must be true or false")
-        if not isinstance(self.docker_engine_pipe, bool):
-            raise SettingsError("docker_engine_pipe: must be true or false")
-        parse_shares(self.shares)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, source: str = "settings") -> Settings:
-        if not isinstance(data, dict):
-            raise SettingsError(f"{source}: must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SettingsError(
-                f"{source}: unknown field {unknown[0]!r}; known fields: {', '.join(sorted(known))}"
-            )
-        s = cls(**data)
-        s.validate()
-        return s
-
-
-# Folders in COVE_HOME that are not instances: the image cache, the Windows engine's.
-RESERVED_NAMES = ("images", "windows")
 
 
 def validate_name(name: str) -> str:
-    if name in RESERVED_NAMES:
+    if name in home.RESERVED_NAMES:
         raise SettingsError(
             f"instance name {name!r} is reserved (Cove keeps its {name} there); choose "
             "another name"
@@ -274,69 +43,88 @@ class Instance:
         self.name = validate_name(name)
         self.home = home or cove_home()
         self.folder = self.home / self.name
-        for p in (self.docker_socket, self.control_socket):
-            if len(str(p).encode()) >= SOCKET_PATH_LIMIT:
-                raise SettingsError(
-                    f"the socket path {p} is {len(str(p).encode())} bytes; sockets need "
-                    f"under {SOCKET_PATH_LIMIT}. Set COVE_HOME to a shorter folder"
-                )
 
     @property
     def context_name(self) -> str:
         return "cove" if self.name == DEFAULT_INSTANCE else f"cove-{self.name}"
 
-    settings_file = property(lambda self: self.folder / "settings.json")
-    data_disk = property(lambda self: self.folder / "data.qcow2")
-    docker_socket = property(lambda self: self.folder / "docker.sock")
-    control_socket = property(lambda self: self.folder / "control.sock")
-    pid_file = property(lambda self: self.folder / "backend.pid")
-    boot_config = property(lambda self: self.folder / "boot.json")
-    events_log = property(lambda self: self.folder / "events.log")
-    backend_log = property(lambda self: self.folder / "backend.log")
-    serial_log = property(lambda self: self.folder / "serial.log")
+    def path(self, name: str) -> Path:
+        """The file `name` (one of `desktop.home`'s) in this instance's folder."""
+        return self.folder / name
+
+    settings_file = property(lambda self: self.folder / home.SETTINGS)
+    data_disk = property(lambda self: self.folder / home.DATA_DISK)
+    docker_socket = property(lambda self: self.folder / home.DOCKER_SOCK)
+    control_socket = property(lambda self: self.folder / home.CONTROL_SOCK)
+    pid_file = property(lambda self: self.folder / home.BACKEND_PID)
+    boot_config = property(lambda self: self.folder / home.BOOT_CONFIG)
+    events_log = property(lambda self: self.folder / home.EVENTS_LOG)
+    backend_log = property(lambda self: self.folder / home.BACKEND_LOG)
+    backend_out = property(lambda self: self.folder / home.BACKEND_OUT)
+    serial_log = property(lambda self: self.folder / home.SERIAL_LOG)
+    ssh_config = property(lambda self: self.folder / home.SSH_CONFIG)
+    no_activate_marker = property(lambda self: self.folder / home.NO_ACTIVATE)
+    previous_context = property(lambda self: self.folder / home.PREVIOUS_CONTEXT)
+    accel_cache = property(lambda self: self.home / home.ACCEL_CACHE)
 
     def exists(self) -> bool:
         return self.folder.is_dir()
 
     def ensure_folder(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Make $COVE_HOME and the instance folder private (0700, ours): they hold the
+        sockets, the logs and ssh_config. SettingsError when another user owns one."""
+        try:
+            private_folder(self.home)
+            private_folder(self.folder)
+        except NotPrivateError as e:
+            raise SettingsError(str(e)) from None
 
     def load_settings(self) -> Settings:
         if not self.settings_file.exists():
             return Settings()
         try:
             data = json.loads(self.settings_file.read_text())
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser
             raise SettingsError(
                 f"{self.settings_file} is not valid JSON ({e}); fix it or move it aside "
                 "to start from the defaults"
             ) from None
-        return Settings.from_json(data, str(self.settings_file))
+        try:
+            return Settings.from_json(data, str(self.settings_file))
+        except SettingsError as e:
+            if str(self.settings_file) in str(e):
+                raise
+            # A value's check names the field; say which file holds it (not a flag).
+            raise SettingsError(f"{self.settings_file}: {e}") from None
 
     def save_settings(self, settings: Settings) -> None:
+        """Validate and write `settings` whole (atomically). A writer that changes a few
+        fields uses `update_settings`, so that it keeps what others wrote meanwhile."""
         settings.validate()
         self.ensure_folder()
-        tmp = self.settings_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(settings.to_json(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.settings_file)
+        atomic_write(self.settings_file,
+                     json.dumps(settings.to_json(), indent=2, sort_keys=True) + "\n")
+
+    def update_settings(self, change: Callable[[Settings], bool | None]) -> Settings:
+        """Read the settings file, apply `change`, write it back: all under the instance's
+        settings lock, so the CLI, the tray and the backend never undo each other's
+        changes. `change` returning False means nothing changed (nothing is written,
+        unless there was no file yet). Returns the settings as written."""
+        self.ensure_folder()
+        try:
+            with FileLock(self.folder / home.SETTINGS_LOCK, timeout=10):
+                settings = self.load_settings()
+                if change(settings) is not False or not self.settings_file.exists():
+                    self.save_settings(settings)
+                return settings
+        except LockHeld:
+            raise SettingsError(f"{self.settings_file} is being changed by another Cove "
+                                "program for more than 10 s; try again") from None
 
 
-def remove_socket(path: Path) -> None:
-    """Remove a stale socket; refuses (SettingsError) to delete anything that is not one."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SettingsError(
-            f"{path} exists and is not a socket; Cove will not delete it. Move it away"
-        )
-    path.unlink()
-
-
-def list_instances(home: Path | None = None) -> list[str]:
-    h = home or cove_home()
+def list_instances(home_dir: Path | None = None) -> list[str]:
+    h = home_dir or cove_home()
     if not h.is_dir():
         return []
     return sorted(p.name for p in h.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)
-                  and p.name not in RESERVED_NAMES)
+                  and p.name not in home.RESERVED_NAMES)

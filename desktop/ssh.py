@@ -8,6 +8,8 @@ instance folder is kept current for other tools (IDEs, `ssh -F`).
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import select
 import shutil
@@ -18,45 +20,70 @@ from pathlib import Path
 
 import paramiko
 
+from desktop import home
+from desktop.platform.files import atomic_write
+
+log = logging.getLogger(__name__)
+
 USER = "root"
 
 
 def ensure_key(folder: Path) -> str:
-    """Create the instance's key pair once; return the public key line."""
-    key_path = folder / "ssh_key"
-    if not key_path.exists():
-        key = paramiko.ECDSAKey.generate(bits=256)
-        old = os.umask(0o177)
+    """Create the instance's key pair once; return the public key line.
+
+    Each file is written atomically, the private key first; a public key that is missing
+    (a crash between the two) is derived again from the private one. A private key that
+    cannot be read is moved aside (ssh_key.broken, never overwritten) and a new pair
+    made: it only ever opened this instance's VM, whose next boot gets the new public
+    key."""
+    key_path, pub_path = folder / home.SSH_KEY, folder / home.SSH_KEY_PUB
+    key: paramiko.ECDSAKey | None = None
+    if key_path.exists():
         try:
-            key.write_private_key_file(str(key_path))
-        finally:
-            os.umask(old)
-        (folder / "ssh_key.pub").write_text(f"{key.get_name()} {key.get_base64()} cove\n")
-    return (folder / "ssh_key.pub").read_text().strip()
+            key = paramiko.ECDSAKey.from_private_key_file(str(key_path))
+        except (OSError, paramiko.SSHException, ValueError) as e:
+            aside = key_path.with_name(key_path.name + ".broken")
+            log.warning("the instance's SSH key %s cannot be read (%s); kept as %s, and a "
+                        "new one made", key_path, e, aside)
+            os.replace(key_path, aside)
+    if key is None:
+        key = paramiko.ECDSAKey.generate(bits=256)
+        text = io.StringIO()
+        key.write_private_key(text)
+        atomic_write(key_path, text.getvalue(), 0o600)
+        pub_path.unlink(missing_ok=True)
+    line = f"{key.get_name()} {key.get_base64()} cove"
+    try:
+        if pub_path.read_text().strip() == line:
+            return line
+    except OSError:
+        pass
+    atomic_write(pub_path, line + "\n", 0o644)
+    return line
 
 
 def write_config(folder: Path, host_alias: str, port: int) -> Path:
-    path = folder / "ssh_config"
-    path.write_text(
+    path = folder / home.SSH_CONFIG
+    atomic_write(path, (
         f"Host {host_alias}\n"
         f"  HostName 127.0.0.1\n"
         f"  Port {port}\n"
         f"  User {USER}\n"
-        f"  IdentityFile {folder / 'ssh_key'}\n"
+        f"  IdentityFile {folder / home.SSH_KEY}\n"
         "  IdentitiesOnly yes\n"
         # The host key is made anew at each boot, on a port only this user's backend
         # forwards: there is nothing for known_hosts to pin.
         "  StrictHostKeyChecking no\n"
         "  UserKnownHostsFile /dev/null\n"
         "  LogLevel ERROR\n"
-    )
+    ), 0o600)
     return path
 
 
 def connect(folder: Path, port: int, timeout: float = 10) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    key = paramiko.ECDSAKey.from_private_key_file(str(folder / "ssh_key"))
+    key = paramiko.ECDSAKey.from_private_key_file(str(folder / home.SSH_KEY))
     client.connect("127.0.0.1", port=port, username=USER, pkey=key, timeout=timeout,
                    allow_agent=False, look_for_keys=False)
     transport = client.get_transport()

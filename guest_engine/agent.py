@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -18,10 +19,12 @@ import time
 from pathlib import Path
 
 from guest_engine import __version__, boot, dockerapi, engine, protocol, server
+from guest_engine.diskwatch import DiskWatcher
 from guest_engine.ports import PortWatcher
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: boot time under emulation
+    from collections.abc import Callable
     from typing import Any
 
 log = logging.getLogger("guest_engine")
@@ -32,18 +35,23 @@ EV_KEY = 1
 TIME_DRIFT_NS = 100_000_000  # correct the clock when it is off by more than 100 ms
 TRIM_INTERVAL = 24 * 3600
 SSH_PORT = 22
+LOGS = ("dockerd", "containerd", "agent")  # what the ``logs`` op reads
+
+
+class OpError(Exception):
+    """A control op refused or failed: the host gets ``{"ok": false, "error": <message>}``."""
 
 
 def start_ssh(authorized_key: str) -> None:
     """dropbear for `cove shell` and IDEs: key login only, host keys made per boot."""
-    ssh = boot.VM_ROOT_HOME / ".ssh"
+    ssh = boot.paths.VM_ROOT_HOME / ".ssh"
     ssh.mkdir(mode=0o700, exist_ok=True)
     (ssh / "authorized_keys").write_text(authorized_key.strip() + "\n")
     (ssh / "authorized_keys").chmod(0o600)
     Path("/etc/dropbear").mkdir(exist_ok=True)
     subprocess.Popen(["dropbear", "-R", "-E", "-s", "-p", str(SSH_PORT)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=open(boot.RUN_DIR / "dropbear.log", "ab"))  # noqa: SIM115
+                     stderr=open(boot.paths.RUN_DIR / "dropbear.log", "ab"))  # noqa: SIM115
 
 
 class Agent:
@@ -56,7 +64,17 @@ class Agent:
         self.link = server.LinkServer("", self)
         self.engine = engine.Engine(self.link.broadcast)
         self.ports = PortWatcher(self.link.broadcast, own_ports={protocol.AGENT_PORT, SSH_PORT})
+        self.disk = DiskWatcher(str(boot.paths.DATA_MOUNT), self.link.broadcast,
+                                boot.disk.fstrim)
         self.time_adjustments = 0
+        # The control channel's ops (docs/protocol.md): op name -> handler. A handler
+        # returns the reply's result or raises OpError; `handle` frames both.
+        self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "hello": self._op_hello, "ping": self._op_ping, "status": self._op_status,
+            "set_time": self._op_set_time, "engine_config": self._op_engine_config,
+            "logs": self._op_logs, "ports": self._op_ports, "touch": self._op_touch,
+            "mount_share": self._op_mount_share, "shutdown": self._op_shutdown,
+        }
         self._share_streams: dict[int, socket.socket] = {}
         self._share_cv = threading.Condition()
         # Set once no share waits for the host's file server: dockerd starts then.
@@ -70,10 +88,11 @@ class Agent:
         if self.engine.state == "running":
             events.append({"event": "engine", "state": "running",
                            "version": self.engine.version, "ready_at": self.engine.ready_at})
-        snapshot = self.ports.snapshot()
-        if snapshot:
-            events.append({"event": "ports", "added": snapshot, "removed": [],
-                           "snapshot": True})
+        if self.disk.last:
+            events.append({"event": "disk", **self.disk.last})
+        # Always, even empty: after a reconnect the host drops what the guest no longer has.
+        events.append({"event": "ports", "added": self.ports.snapshot(), "removed": [],
+                       "snapshot": True})
         return events
 
     def hello(self) -> dict[str, Any]:
@@ -92,33 +111,56 @@ class Agent:
         }
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Answer one control request: ``{"ok": true, "result": ...}`` from its op's
+        handler, or ``{"ok": false, "error": ...}`` for an unknown op or an `OpError`.
+        Any other exception is the session's to report (`server.ControlSession`)."""
         op = req.get("op")
-        if op == "hello":
-            return {"ok": True, "result": self.hello()}
-        if op == "ping":
-            return {"ok": True, "result": "pong"}
-        if op == "status":
-            return {"ok": True, "result": self.status()}
-        if op == "set_time":
-            return {"ok": True, "result": self.set_time(int(req["ns"]))}
-        if op == "engine_config":
-            ok, message = self.engine.apply_config(req.get("config"))
-            return {"ok": ok, "result": message} if ok else {"ok": False, "error": message}
-        if op == "logs":
-            name = req.get("name", "dockerd")
-            if name not in ("dockerd", "containerd", "agent"):
-                return {"ok": False, "error": f"unknown log {name!r}: dockerd, containerd, agent"}
-            return {"ok": True, "result": engine.tail_log(name, int(req.get("lines", 200)))}
-        if op == "ports":
-            return {"ok": True, "result": self.ports.snapshot()}
-        if op == "touch":
-            return {"ok": True, "result": self.touch(req.get("changes") or [])}
-        if op == "mount_share":
-            return self.mount_share(req.get("index"), float(req.get("wait", 10)))
-        if op == "shutdown":
-            self.request_shutdown("requested by the host")
-            return {"ok": True, "result": "shutting down"}
-        return {"ok": False, "error": f"unknown op {op!r}"}
+        handler = self.ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        try:
+            return {"ok": True, "result": handler(req)}
+        except OpError as e:
+            return {"ok": False, "error": str(e)}
+
+    # -- control ops: each takes the request and returns the reply's result --------------
+
+    def _op_hello(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.hello()
+
+    def _op_ping(self, req: dict[str, Any]) -> str:
+        return "pong"
+
+    def _op_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    def _op_set_time(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.set_time(int(req["ns"]))
+
+    def _op_engine_config(self, req: dict[str, Any]) -> str:
+        ok, message = self.engine.apply_config(req.get("config"))
+        if not ok:
+            raise OpError(message)
+        return message
+
+    def _op_logs(self, req: dict[str, Any]) -> str:
+        name = req.get("name", "dockerd")
+        if name not in LOGS:
+            raise OpError(f"unknown log {name!r}: {', '.join(LOGS)}")
+        return engine.tail_log(name, int(req.get("lines", 200)))
+
+    def _op_ports(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.ports.snapshot()
+
+    def _op_touch(self, req: dict[str, Any]) -> int:
+        return self.touch(req.get("changes") or [])
+
+    def _op_mount_share(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.mount_share(req.get("index"), float(req.get("wait", 10)))
+
+    def _op_shutdown(self, req: dict[str, Any]) -> str:
+        self.request_shutdown("requested by the host")
+        return "shutting down"
 
     def status(self) -> dict[str, Any]:
         mem = _meminfo()
@@ -139,7 +181,7 @@ class Agent:
             "agent_rss": _rss_kib(),
         }
         try:
-            vfs = os.statvfs(boot.DATA_MOUNT)
+            vfs = os.statvfs(boot.paths.DATA_MOUNT)
             st["disk_usage"] = {"size": vfs.f_blocks * vfs.f_frsize,
                                 "free": vfs.f_bavail * vfs.f_frsize}
         except OSError:
@@ -157,16 +199,13 @@ class Agent:
                 path, mode = str(item[0]), int(item[1])
             except (TypeError, ValueError, LookupError):  # LookupError: a dict item
                 continue
-            # Its real folder too: a symlinked folder must not lead the chmod out of a share.
-            if os.path.normpath(path) != path or not _inside(path, roots) or \
-                    not _inside(os.path.realpath(path if path in roots else
-                                                 os.path.dirname(path)), roots):
+            root = next((r for r in roots if _inside(path, [r])), None)
+            if root is None or os.path.normpath(path) != path:
                 continue
             try:
-                os.chmod(path, mode & 0o7777, follow_symlinks=False)
-                done += 1
-            except (OSError, NotImplementedError):
-                pass  # gone again, or a symlink (no lchmod on Linux)
+                done += _chmod_beneath(root, path[len(root):].strip("/"), mode & 0o7777)
+            except OSError:
+                pass  # gone again, or not a folder on the way
         return done
 
     def share_stream(self, index: int, conn: socket.socket) -> None:
@@ -180,49 +219,58 @@ class Agent:
             old.close()
 
     def mount_share(self, index: Any, wait: float) -> dict[str, Any]:
-        """Mount host-served share `index` on its stream; the reply carries mount's error."""
+        """Mount host-served share `index` on its stream and return its entry; raises
+        OpError with mount's message (recorded in the entry too)."""
         shares = self.info.shares
         if not isinstance(index, int) or not 0 <= index < len(shares) or \
-                shares[index].get("transport") != boot.LINK_TRANSPORT:
-            return {"ok": False, "error": f"no share {index!r} is served by the host"}
+                shares[index].get("transport") != boot.shares.LINK_TRANSPORT:
+            raise OpError(f"no share {index!r} is served by the host")
         entry = shares[index]
         deadline = time.monotonic() + max(0.0, min(wait, 60.0))
         with self._share_cv:
             while index not in self._share_streams:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return self._share_failed(entry, f"no fs {index} stream came from the host")
+                    raise self._share_failed(entry, f"no fs {index} stream came from the host")
                 self._share_cv.wait(left)
             conn = self._share_streams.pop(index)
-        if not entry.get("pending") and not entry["error"] and os.path.ismount(entry["path"]):
-            conn.close()  # mounted on an earlier stream, which still serves it
-            return {"ok": True, "result": entry}
+        if not entry.get("pending") and not entry["error"] and \
+                boot.shares.is_mounted(entry["path"]):
+            if boot.shares.mount_answers(entry["path"]):
+                conn.close()  # mounted on an earlier stream, which still serves it
+                return entry
+            # The earlier stream ended: its mount gives only I/O errors. Detached, so
+            # new containers bind the new mount (running ones keep the dead one).
+            log.warning("share %s: its stream ended; mounting it on the new one",
+                        entry["path"])
+            try:
+                boot.shares.detach(entry["path"])
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+                conn.close()
+                raise self._share_failed(entry, str(e)) from None
         try:
-            boot.mount_link_share(entry, conn.fileno())
+            boot.shares.mount_link_share(entry, conn.fileno())
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-            return self._share_failed(entry, str(e))
+            raise self._share_failed(entry, str(e)) from None
         finally:
             conn.close()  # the mount keeps its own reference
         entry["error"] = ""
         entry.pop("pending", None)
         self._check_shares_ready()
         log.info("share %s mounted over the link", entry["path"])
-        return {"ok": True, "result": entry}
+        return entry
 
-    def _share_failed(self, entry: dict[str, Any], error: str) -> dict[str, Any]:
+    def _share_failed(self, entry: dict[str, Any], error: str) -> OpError:
+        """Record a failed mount in its entry; returns the error to raise."""
         entry["error"] = error
         entry.pop("pending", None)
         log.error("share %s over the link: %s", entry["path"], error)
         self._check_shares_ready()
-        return {"ok": False, "error": error}
+        return OpError(error)
 
     def _check_shares_ready(self) -> None:
         if not any(sh.get("pending") for sh in self.info.shares):
             self.shares_ready.set()
-
-    def _drop_share_error(self, path: str) -> None:
-        prefix = f"share {path}: "
-        self.info.errors[:] = [e for e in self.info.errors if not e.startswith(prefix)]
 
     def set_time(self, ns: int) -> dict[str, Any]:
         drift = ns - time.clock_gettime_ns(time.CLOCK_REALTIME)
@@ -247,8 +295,22 @@ class Agent:
                 self.engine.gate = self.shares_ready
             self.engine.start(self.info.config.get("engine_config"))
         else:
+            # Never on an empty folder in the data disk's place: the host says why.
+            why = [e for e in self.info.errors if e.startswith("data disk: ")]
             self.engine.state = "failed"
-            self.engine.error = "no data disk"
+            self.engine.error = why[0] if why else "no data disk"
+
+    def _close_host_ports(self) -> None:
+        gateway = str(self.info.network.get("gateway") or "")
+        ports = [p for p in self.info.config.get("private_host_ports", [])
+                 if isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536]
+        loopback_open = self.info.config.get("containers_reach_host_loopback", True) is not False
+        if not gateway or (not ports and loopback_open):
+            return
+        try:
+            boot.network.close_host_ports(gateway, ports, loopback_open)
+        except (RuntimeError, OSError) as e:
+            self.info.errors.append(f"firewall: {e}")
 
     def run(self) -> None:
         self.link.token = str(self.info.config.get("token", ""))
@@ -257,9 +319,10 @@ class Agent:
             if iface:
                 for port in (protocol.AGENT_PORT, SSH_PORT):
                     try:
-                        boot.guard_port(port, iface)
+                        boot.network.guard_port(port, iface)
                     except (RuntimeError, OSError) as e:
                         self.info.errors.append(f"firewall: {e}")
+            self._close_host_ports()
             key = str(self.info.config.get("ssh_authorized_key", ""))
             if key:
                 try:
@@ -269,17 +332,17 @@ class Agent:
             self.link.start()
             # Beside TCP, vsock where the host has it (Hyper-V's hv_sock, a virtio-vsock
             # device); on Hyper-V it already carried the boot config (`boot.early`).
-            vsock = self.info.vsock or boot.vsock_listener(transport=boot.vsock_transport())
-            if vsock is not None:
-                self.link.add_listener(vsock)
-            for path in _virtio_ports(protocol.CONTROL_PORT_NAME):
-                threading.Thread(target=server.serve_virtio_port, args=(path, self.link),
-                                 daemon=True, name="virtio-control").start()
+            listener = self.info.vsock or boot.vsock.vsock_listener(
+                transport=boot.vsock.vsock_transport())
+            if listener is not None:
+                self.link.add_listener(listener)
         else:
             log.error("no token: the link stays closed")
         if self.info.data_device:
             self.ports.start()
             threading.Thread(target=self._trim_daily, daemon=True, name="fstrim").start()
+            threading.Thread(target=self.disk.run, args=(self.shutdown_requested,),
+                             daemon=True, name="disk-watch").start()
         threading.Thread(target=self._watch_power_button, daemon=True,
                          name="power-button").start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPWR):
@@ -287,8 +350,8 @@ class Agent:
         # /sbin/poweroff (run by the kernel for a power-off asked from outside, e.g.
         # Hyper-V's shutdown service) signals this pid for the clean stop.
         try:
-            boot.RUN_DIR.mkdir(parents=True, exist_ok=True)
-            (boot.RUN_DIR / "agent.pid").write_text(f"{os.getpid()}\n")
+            boot.paths.RUN_DIR.mkdir(parents=True, exist_ok=True)
+            (boot.paths.RUN_DIR / "agent.pid").write_text(f"{os.getpid()}\n")
         except OSError as e:
             log.warning("cannot write the agent's pid file: %s", e)
         log.info("agent ready in %.2f s after kernel start", engine.uptime())
@@ -305,14 +368,14 @@ class Agent:
             log.exception("engine stop failed")
         _kill_all_but_me()
         if self.info.data_device:
-            log.info("trim: %s", boot.fstrim())
-            boot.unmount_data_disk()
+            log.info("trim: %s", boot.disk.fstrim())
+            boot.disk.unmount_data_disk()
         log.info("powering off")
         power_off()
 
     def _trim_daily(self) -> None:
         while not self.shutdown_requested.wait(TRIM_INTERVAL):
-            log.info("daily trim: %s", boot.fstrim())
+            log.info("daily trim: %s", boot.disk.fstrim())
 
     def _watch_power_button(self) -> None:
         """The ACPI power button (QMP system_powerdown) starts a clean shutdown."""
@@ -336,6 +399,31 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r + "/") for r in roots)
 
 
+def _chmod_beneath(root: str, rel: str, mode: int) -> int:
+    """chmod `rel` under `root` without following a symlink anywhere on the way: each
+    folder is opened from the one before with O_NOFOLLOW, so a container that swaps a
+    folder for a symlink meanwhile gets ENOTDIR, never a chmod outside the share. A
+    symlink at the end is left alone (Linux has no lchmod). 1 if done, else 0."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags | os.O_DIRECTORY)
+    try:
+        parts = rel.split("/") if rel else []
+        for name in parts[:-1]:
+            nxt = os.open(name, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if parts:
+            nxt = os.open(parts[-1], flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            return 0
+        os.chmod(f"/proc/self/fd/{fd}", mode)  # the very inode opened above
+        return 1
+    finally:
+        os.close(fd)
+
+
 def _power_button_device() -> str | None:
     try:
         text = Path("/proc/bus/input/devices").read_text()
@@ -349,14 +437,6 @@ def _power_button_device() -> str | None:
                         if h.startswith("event"):
                             return f"/dev/input/{h}"
     return None
-
-
-def _virtio_ports(name: str) -> list[str]:
-    out = []
-    for p in boot.sysfs_glob("/sys/class/virtio-ports/*/name"):
-        if _read(p) == name:
-            out.append("/dev/" + Path(p).parent.name)
-    return out
 
 
 def _kill_all_but_me() -> None:
@@ -429,8 +509,8 @@ def _rss_kib() -> int:
 def setup_logging() -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     try:
-        boot.RUN_DIR.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(boot.RUN_DIR / "agent.log"))
+        boot.paths.RUN_DIR.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(boot.paths.RUN_DIR / "agent.log"))
     except OSError:
         pass
     logging.basicConfig(level=logging.INFO, handlers=handlers,
@@ -464,4 +544,4 @@ def main() -> int:
     return 0
 
 
-__all__ = ["Agent", "main", "dockerapi"]
+__all__ = ["Agent", "OpError", "main", "dockerapi"]

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from guest_engine import boot, dockerapi
+from guest_engine import dockerapi
+from guest_engine.boot import paths
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ GATE_TIMEOUT = 60.0  # at most this long dockerd waits for the host's shares
 
 
 def _open_log(name: str) -> int:
-    boot.LOG_DIR.mkdir(parents=True, exist_ok=True)
-    path = boot.LOG_DIR / f"{name}.log"
+    paths.LOG_DIR.mkdir(parents=True, exist_ok=True)
+    path = paths.LOG_DIR / f"{name}.log"
     try:
         if path.stat().st_size > LOG_LIMIT:
             path.replace(path.with_suffix(".log.1"))
@@ -239,9 +240,9 @@ class Engine:
 
 
 def tail_log(name: str, lines: int = 100) -> str:
-    path = boot.LOG_DIR / f"{name}.log"
+    path = paths.LOG_DIR / f"{name}.log"
     if name == "agent":
-        path = boot.RUN_DIR / "agent.log"
+        path = paths.RUN_DIR / "agent.log"
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)

@@ -44,7 +44,6 @@ DATA_OPS = ("docker", "tcp", "udp", "echo", "fs")
 MAX_SHARES = 64  # ``fs <n>``: n is below this
 OPS = ("control", *DATA_OPS)
 FW_CFG_NAME = "opt/org.cove/boot"  # fw_cfg entry carrying the boot config (with the secret)
-CONTROL_PORT_NAME = "org.cove.control"  # virtio-serial port name for the control channel
 VMADDR_CID_HOST = 2  # the host as a vsock peer (hv_sock reports every host peer so)
 # Hyper-V sockets: Linux's hv_sock maps vsock port N to this service GUID on the host.
 HV_VSOCK_TEMPLATE = "{port:08x}-facb-11e6-bd58-64006a7986d3"
@@ -71,10 +70,19 @@ class Header:
 
 
 def encode_header(token: str, op: str, arg: int | None = None) -> bytes:
+    """The header line for `op`; ProtocolError for one the agent would not read back as
+    this very header (a token with a space or a non-ASCII character, a port out of
+    range, an argument the op does not take)."""
     if op not in OPS:
         raise ProtocolError(f"unknown op {op!r}")
     parts = [VERSION, token, op] + ([str(arg)] if arg is not None else [])
-    return (" ".join(parts) + "\n").encode("ascii")
+    try:
+        line = (" ".join(parts) + "\n").encode("ascii")
+    except UnicodeEncodeError:
+        raise ProtocolError("a header is ASCII") from None
+    if b"\n" in line[:-1] or parse_header(line) != Header(token, op, arg):
+        raise ProtocolError(f"{op} {arg!r}: not a header the agent reads back")
+    return line
 
 
 def parse_header(line: bytes) -> Header:
@@ -131,6 +139,8 @@ def decode_message(line: bytes) -> dict[str, Any]:
         msg = json.loads(line)
     except ValueError as e:
         raise ProtocolError(f"not JSON: {e}") from None
+    except RecursionError:  # nested deeper than the parser's stack: not a message of ours
+        raise ProtocolError("not JSON Cove reads: nested too deeply") from None
     if not isinstance(msg, dict):
         raise ProtocolError("a message must be a JSON object")
     return msg

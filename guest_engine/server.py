@@ -7,8 +7,8 @@ anything else is closed without a byte in reply. Control sessions are handled by
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import socket
 import threading
 import time
@@ -18,6 +18,11 @@ from guest_engine import dockerapi, protocol, relay
 log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT = 5.0
+# Connections still sending their header, at most: a flood of them (from anything that
+# reaches the port) is closed at once instead of costing a thread each for HEADER_TIMEOUT.
+MAX_PENDING = 32
+TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                    errno.ECONNABORTED, errno.EINTR, errno.EAGAIN}
 
 
 TYPE_CHECKING = False
@@ -124,6 +129,15 @@ class LinkServer:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._extra: list[socket.socket] = []
+        self._closing = False
+        self._pending = threading.BoundedSemaphore(MAX_PENDING)
+        # The link's stream ops (`protocol.OPS`; the header parser admits no other):
+        # op name -> what serves the stream, given the header's argument.
+        self.ops: dict[str, Callable[[socket.socket, int | None], None]] = {
+            "control": self._serve_control, "docker": self._relay_docker,
+            "tcp": self._relay_tcp, "udp": self._relay_udp, "fs": self._share_stream,
+            "echo": self._echo,
+        }
 
     def start(self) -> int:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -140,13 +154,14 @@ class LinkServer:
         """Serve the link on a listening vsock socket too: same headers, same token.
 
         Only the host's connections are taken (peer CID 2); the socket may have served
-        the boot config already (`boot.receive_boot_config`).
+        the boot config already (`boot.config.receive_boot_config`).
         """
         self._extra.append(listener)
         threading.Thread(target=self._accept_loop, args=(listener, True), daemon=True,
                          name="link-accept-vsock").start()
 
     def close(self) -> None:
+        self._closing = True
         for listener in [self._listener, *self._extra]:
             if listener is None:
                 continue
@@ -163,11 +178,20 @@ class LinkServer:
             s.send(msg)
 
     def _accept_loop(self, listener: socket.socket, vsock: bool) -> None:
+        delay = 0.01
         while True:
             try:
                 conn, addr = listener.accept()
-            except OSError:
-                return
+                delay = 0.01
+            except OSError as e:
+                # Out of descriptors (or a client that gave up): wait and go on; only a
+                # closed listener ends the loop.
+                if self._closing or e.errno not in TRANSIENT_ACCEPT:
+                    return
+                log.warning("link accept failed (%s); retrying in %.2f s", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
             if vsock:
                 if not protocol.peer_is_host(addr):
                     log.warning("link connection refused: vsock peer %s is not the host", addr)
@@ -175,9 +199,20 @@ class LinkServer:
                     continue
             else:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            if not self._pending.acquire(blocking=False):
+                log.warning("link connection refused: %d others are still sending their "
+                            "header", MAX_PENDING)
+                conn.close()
+                continue
+            threading.Thread(target=self._handle_pending, args=(conn,), daemon=True).start()
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle_pending(self, conn: socket.socket) -> None:
+        """`_handle`, for a connection the accept loop counted as pending: the count goes
+        down once its header phase ends, however it ends."""
+        self._handle(conn, header_done=self._pending.release)
+
+    def _handle(self, conn: socket.socket,
+                header_done: Callable[[], None] = lambda: None) -> None:
         try:
             conn.settimeout(HEADER_TIMEOUT)
             header = protocol.parse_header(read_header(conn))
@@ -188,6 +223,8 @@ class LinkServer:
             log.warning("link connection refused: %s", e)
             conn.close()
             return
+        finally:
+            header_done()
         try:
             self.serve_op(conn, header)
         except OSError as e:
@@ -205,39 +242,50 @@ class LinkServer:
             self.sessions.discard(session)
 
     def serve_op(self, conn: socket.socket, header: protocol.Header) -> None:
-        if header.op == "control":
-            session = self.open_control(conn.makefile("rb"), conn.makefile("wb"))
-            try:
-                session.serve()
-            finally:
-                conn.close()
-        elif header.op == "docker":
-            target = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                target.connect(self.docker_sock)
-            except OSError:
-                target.close()
-                raise
-            relay.pipe(conn, target)
-        elif header.op == "tcp":
-            assert header.arg is not None
-            target = socket.create_connection(("127.0.0.1", header.arg), timeout=5)
-            target.settimeout(None)
-            target.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            relay.pipe(conn, target)
-        elif header.op == "udp":
-            assert header.arg is not None
-            self._udp(conn, header.arg)
-        elif header.op == "fs":
-            assert header.arg is not None
-            # Kept open until the kernel takes it (control op mount_share), then closed:
-            # the mount holds its own reference to the socket.
-            self.controller.share_stream(header.arg, conn)
-        elif header.op == "echo":
-            buf = bytearray(relay.BUFSIZE)
-            with conn:
-                while n := conn.recv_into(buf):
-                    conn.sendall(memoryview(buf)[:n])
+        """Serve one authenticated stream by its header's op (`ops`); an OSError ends it."""
+        self.ops[header.op](conn, header.arg)
+
+    # -- stream ops: each serves the stream after the header (`protocol`'s docstring) ----
+
+    def _serve_control(self, conn: socket.socket, arg: int | None) -> None:
+        session = self.open_control(conn.makefile("rb"), conn.makefile("wb"))
+        try:
+            session.serve()
+        finally:
+            conn.close()
+
+    def _relay_docker(self, conn: socket.socket, arg: int | None) -> None:
+        target = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            target.connect(self.docker_sock)
+        except OSError:
+            target.close()
+            raise
+        relay.pipe(conn, target)
+
+    def _relay_tcp(self, conn: socket.socket, arg: int | None) -> None:
+        assert arg is not None
+        target = socket.create_connection(("127.0.0.1", arg), timeout=5)
+        target.settimeout(None)
+        target.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        relay.pipe(conn, target)
+
+    def _relay_udp(self, conn: socket.socket, arg: int | None) -> None:
+        assert arg is not None
+        self._udp(conn, arg)
+
+    def _share_stream(self, conn: socket.socket, arg: int | None) -> None:
+        assert arg is not None
+        # Kept open until the kernel takes it (control op mount_share), then closed:
+        # the mount holds its own reference to the socket.
+        self.controller.share_stream(arg, conn)
+
+    @staticmethod
+    def _echo(conn: socket.socket, arg: int | None) -> None:
+        buf = bytearray(relay.BUFSIZE)
+        with conn:
+            while n := conn.recv_into(buf):
+                conn.sendall(memoryview(buf)[:n])
 
     @staticmethod
     def _udp(conn: socket.socket, port: int) -> None:
@@ -271,33 +319,3 @@ class LinkServer:
             u.close()
             conn.close()
 
-
-def serve_virtio_port(path: str, server: LinkServer) -> None:
-    """Run control sessions over a virtio-serial port, one after another, forever.
-
-    The port stays open for the agent's life: closing it would discard whatever the host
-    sent meanwhile (the kernel drops a port's buffered input on release). Reads return
-    EOF while no host is connected; a session ends when the host goes away, and the next
-    one must again open with a valid header.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as e:
-        log.warning("virtio-serial control port %s: %s", path, e)
-        return
-    rfile = os.fdopen(fd, "rb", buffering=0)
-    wfile = os.fdopen(os.dup(fd), "wb", buffering=0)
-    while True:
-        line = rfile.readline()
-        if not line:
-            threading.Event().wait(0.1)  # no host connected
-            continue
-        try:
-            header = protocol.parse_header(line)
-            ok = header.op == "control" and protocol.token_ok(server.token, header.token)
-        except protocol.ProtocolError:
-            ok = False
-        if not ok:
-            log.warning("virtio-serial: header refused")
-            continue
-        server.open_control(rfile, wfile).serve()

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="leave the instance running")
     args = p.parse_args(argv)
 
-    from desktop.instance import default_arch
+    from desktop.settings import default_arch
 
     arch = args.arch or default_arch()
     tmp = Path(tempfile.mkdtemp(prefix="cove-smoke-"))

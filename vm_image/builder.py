@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vm_image import recipe
 
@@ -116,6 +117,7 @@ def base_key(arch: recipe.Arch) -> str:
         "mirror": recipe.mirror(),
         "arch": arch.name,
         "kernel": arch.kernel_package,
+        "emulators": arch.emulators,
         "packages": recipe.PACKAGES,
         "excludes": recipe.DPKG_EXCLUDES,
         "prune": recipe.PRUNE,
@@ -313,7 +315,7 @@ def _prune_images(idir: Path, arch: str, keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], what: str, **kw: Any) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
@@ -429,6 +431,7 @@ def _build_base(a: recipe.Arch, idir: Path, force: bool, say: Callable[[str], No
                 )
             raise BuildError(f"mmdebstrap failed (exit {proc.returncode}):\n{tail}")
         kver = _prune(root, tmp)
+        prune_emulators(root, a.emulators)
         q = subprocess.run(
             ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f",
              "${Package}\t${Version}\n"],
@@ -469,6 +472,20 @@ def _prune(root: Path, out: Path) -> str:
             ko.unlink()
     _run(["depmod", "-b", str(root), kver], "index the kernel modules (depmod)")
     return kver
+
+
+def prune_emulators(root: Path, keep: tuple[str, ...]) -> None:
+    """Remove qemu-user's emulators (and their binfmt_misc entries) for every
+    architecture but `keep` (QEMU's names: aarch64, arm, x86_64)."""
+    for p in (root / "usr/bin").glob("qemu-*"):
+        if p.name.removeprefix("qemu-").removesuffix("-static") not in keep:
+            p.unlink()
+    for p in (root / "usr/libexec/qemu-binfmt").glob("*-binfmt-P"):
+        if p.name.removesuffix("-binfmt-P") not in keep:
+            p.unlink()
+    for p in (root / "usr/lib/binfmt.d").glob("qemu-*.conf"):
+        if p.name.removeprefix("qemu-").removesuffix(".conf") not in keep:
+            p.unlink()
 
 
 def _read_deps(moddir: Path) -> dict[str, list[str]]:

@@ -32,11 +32,17 @@ class Arch:
     kernel_package: str
     qemu_system: str  # the qemu-system-* binary that boots it
     console: str  # the serial console the kernel writes to
+    # QEMU's user-mode emulators kept for the other architectures' containers
+    # (`docker run --platform ...`), by QEMU's names; the rest of qemu-user is pruned.
+    emulators: tuple[str, ...] = ()
 
 
 ARCHES: dict[str, Arch] = {
-    "amd64": Arch("amd64", "linux-image-amd64", "qemu-system-x86_64", "ttyS0"),
-    "arm64": Arch("arm64", "linux-image-arm64", "qemu-system-aarch64", "ttyAMA0"),
+    "amd64": Arch("amd64", "linux-image-amd64", "qemu-system-x86_64", "ttyS0",
+                  emulators=("aarch64", "arm")),
+    # arm too: Apple silicon has no AArch32, so linux/arm/v7 needs emulation there as well
+    "arm64": Arch("arm64", "linux-image-arm64", "qemu-system-aarch64", "ttyAMA0",
+                  emulators=("x86_64", "arm")),
 }
 
 
@@ -68,6 +74,11 @@ PACKAGES = (
     "xz-utils",  # the engine shells out to xz for .xz image layers
     "ca-certificates",  # registries over TLS
     "dropbear-bin",  # `cove shell` / ssh into the VM
+    # Containers of another architecture: QEMU's static user-mode emulators and their
+    # binfmt_misc entries (/usr/lib/binfmt.d), registered by the agent at boot
+    # (`guest_engine.boot.binfmt`); all but `Arch.emulators` are pruned.
+    "qemu-user",
+    "qemu-user-binfmt",
     # The kernel package needs some initramfs generator; tiny-initramfs satisfies that
     # without pulling in udev and systemd (Cove ships its own initramfs).
     "tiny-initramfs",
@@ -114,6 +125,7 @@ PRUNE = (
 # prefixes); their dependencies are kept too.
 MODULES_KEPT = (
     "fs/ext4/",
+    "fs/binfmt_misc",
     "fs/jbd2/",
     "fs/mbcache",
     "fs/overlayfs/",

@@ -1,8 +1,13 @@
-"""Hypervisor drivers: one small interface, one module per hypervisor, a registry.
+"""Hypervisor drivers: one small interface, one package per hypervisor, a registry.
 
 A driver turns a `VMSpec` into a running VM and back. The backend talks only to this
-interface; what a driver can do is described by `Capabilities` flags, never by checking
-its type. `pick()` returns the best driver available on this host (by priority).
+interface (`Driver`), never to a driver's type; what only one hypervisor needs (QEMU's
+forwarded ports, its QMP socket) stays inside that driver. `pick()` returns the best
+driver available on this host (by priority); each driver registers itself:
+
+* `desktop.drivers.qemu`: QEMU with KVM, HVF, WHPX or TCG (any host);
+* `desktop.drivers.hyperv`: Hyper-V through PowerShell (Windows);
+* `desktop.drivers.shares`: the shared folders both hand to the VM.
 
 Exceptions::
 
@@ -12,20 +17,16 @@ Exceptions::
 
 from __future__ import annotations
 
-import ntpath
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from desktop.platform.paths import WindowsPaths
+from desktop import home
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: neither imports this package back at run time
+    from desktop.drivers.shares import SharedFolder
     from desktop.link import Link
-
-
-WINDOWS_PATHS = WindowsPaths()  # pure string rules: used on any host
 
 
 class DriverError(Exception):
@@ -34,57 +35,6 @@ class DriverError(Exception):
 
 class DiskError(DriverError):
     """The data disk is unusable (corrupt, has a backing file, cannot be created)."""
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    vsock: bool = False
-    virtiofs: bool = False
-    ninep: bool = False
-    balloon: bool = False
-    hostfwd: bool = False
-    virtio_serial: bool = False
-
-
-@dataclass(frozen=True)
-class SharedFolder:
-    """A host folder mounted in the VM: at the same path, or (Windows) at `vm_path`."""
-
-    path: str
-    tag: str  # the device's mount tag, e.g. "cove0"
-    transport: str  # "virtiofs", "9p" or "link" (resolved by the driver)
-    vm_path: str = ""  # where the VM mounts it, when not at `path`
-
-    @property
-    def guest_path(self) -> str:
-        return self.vm_path or self.path
-
-    def boot_entry(self) -> dict[str, str]:
-        return {"path": self.guest_path, "tag": self.tag, "transport": self.transport}
-
-    def vm_path_of(self, host: str) -> str | None:
-        """Where host path `host` appears in the VM, if it lies in this share (a Windows
-        share through `WindowsPaths.translate`: drive paths, any case)."""
-        if self.vm_path and ntpath.splitdrive(self.path)[0]:
-            return WINDOWS_PATHS.translate(host, [self.path])
-        if host == self.path or host.startswith(self.path.rstrip("/") + "/"):
-            return self.guest_path + host[len(self.path.rstrip("/")):]
-        return None
-
-
-def require_folder(path: str) -> None:
-    """DriverError unless `path` is a folder on this computer."""
-    if not os.path.isdir(path):
-        raise DriverError(f"cannot share {path}: it is not a folder on this computer; "
-                          "create it or remove it from the shares setting")
-
-
-def link_share(path: str, index: int, windows: bool) -> SharedFolder:
-    """A folder Cove serves over the guest link (`desktop.ninep`); on Windows it appears
-    in the VM under /mnt/host (C:\\Users\\me -> /mnt/host/c/Users/me)."""
-    require_folder(path)
-    vm_path = WINDOWS_PATHS.vm_path(path) if windows else ""
-    return SharedFolder(path, f"cove{index}", "link", vm_path=vm_path)
 
 
 @dataclass
@@ -102,31 +52,16 @@ class VMSpec:
     memory_mib: int = 2048
     disk_gib: int = 64
     arch: str = "amd64"
-    link_port: int = 0  # host port forwarded to the agent (QEMU user networking)
-    ssh_port: int = 0  # host port forwarded to the guest's SSH server
-    extra_args: list[str] = field(default_factory=list)
     kernel_args: str = ""  # appended to the kernel command line (e.g. "cove.debug")
-    # Extra QEMU user-networking forwards "tcp:127.0.0.1:HOST-:GUEST" (benchmarks use one
-    # as the bare path that published ports are measured against).
-    extra_hostfwd: list[str] = field(default_factory=list)
     shares: list[SharedFolder] = field(default_factory=list)
 
     @property
     def serial_log(self) -> Path:
-        return self.folder / "serial.log"
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.folder / "qmp.sock"
-
-    @property
-    def control_socket(self) -> Path:
-        return self.folder / "guest-control.sock"
+        return self.folder / home.SERIAL_LOG
 
 
 class Driver(Protocol):
     name: str
-    capabilities: Capabilities
     accel: str  # the accelerator in use ("kvm", "hvf", "whpx", "tcg"), once started
     accel_notes: list[str]  # why better accelerators were passed over
 
@@ -134,8 +69,26 @@ class Driver(Protocol):
         """(usable on this host, why not)."""
         ...
 
-    def create(self, spec: VMSpec) -> None:
-        """Create the data disk if missing and check it; raises DiskError."""
+    def create(self, spec: VMSpec) -> bool:
+        """Create the data disk if missing and check it; raises DiskError. True when the
+        disk is provably blank (created now, or nothing ever written to it): only then
+        may the guest format it."""
+        ...
+
+    def watch(self, on_resume: Callable[[], None]) -> None:
+        """Call `on_resume` whenever the VM's vCPUs run again after a pause (QMP stop and
+        cont, a host's tool, a restored state): its clock is behind then. A driver that
+        cannot tell ignores it (the periodic clock push covers it, later)."""
+        ...
+
+    def find_orphan(self, folder: Path) -> int | None:
+        """The pid of a VM of the instance in `folder` that still runs though the backend
+        that started it died; None when there is none."""
+        ...
+
+    def stop_orphan(self, folder: Path) -> str | None:
+        """Stop that VM as politely as any (its agent, ACPI, quit, kill); how it ended, or
+        None when there was none. Nothing may touch the instance's disk before this."""
         ...
 
     def start(self, spec: VMSpec) -> None:
@@ -166,6 +119,19 @@ class Driver(Protocol):
 
     def link_address(self) -> tuple[str, int]:
         """Where the host reaches the guest agent (TCP)."""
+        ...
+
+    def ssh_address(self) -> tuple[str, int] | None:
+        """Where the host reaches the guest's SSH server this boot (after `start`), or
+        None when nothing forwards it to the host. Asks the hypervisor nothing."""
+        ...
+
+    def private_host_ports(self) -> list[int]:
+        """The host's loopback ports that serve this VM's own link and SSH, for the boot
+        about to start (picked by the first call, kept by `start`): the guest refuses its
+        containers' connections to them, which would otherwise leave through the gateway
+        and come back in through the hypervisor's forward (a hairpin). [] when no such
+        forward exists (Hyper-V: the link is hvsock)."""
         ...
 
     def make_link(self, token: str) -> Link:

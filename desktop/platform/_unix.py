@@ -6,8 +6,18 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from desktop.instance import Instance, remove_socket
+from desktop.platform.sockets import remove_socket
+
+
+class _Instance(Protocol):
+    """What the endpoints need of an instance (`desktop.instance.Instance`)."""
+
+    @property
+    def docker_socket(self) -> Path: ...
+    @property
+    def control_socket(self) -> Path: ...
 
 
 class UnixListener:
@@ -37,13 +47,13 @@ class UnixListener:
         self.sock.close()
 
 
-def listen_engine(inst: Instance, docker_engine_pipe: bool = False,
+def listen_engine(inst: _Instance, docker_engine_pipe: bool = False,
                   on_note: Callable[[str], None] | None = None) -> list[UnixListener]:
     # docker_engine_pipe is a Windows setting; clients here find the socket by the context.
     return [UnixListener(inst.docker_socket)]
 
 
-def listen_control(inst: Instance) -> UnixListener:
+def listen_control(inst: _Instance) -> UnixListener:
     return UnixListener(inst.control_socket)
 
 
@@ -58,7 +68,7 @@ def connect_control(path: Path, timeout: float | None) -> socket.socket:
     return s
 
 
-def docker_host(inst: Instance) -> str:
+def docker_host(inst: _Instance) -> str:
     return f"unix://{inst.docker_socket}"
 
 
@@ -67,3 +77,8 @@ def connect_url(url: str, timeout: float | None) -> socket.socket:
     if not url.startswith("unix://"):
         raise OSError(f"{url}: only unix:// engine addresses exist on this host")
     return connect_control(Path(url.removeprefix("unix://")), timeout)
+
+
+def local_server_name(socket_path: Path, key: str) -> str:
+    """A full path: Qt listens there, in the user's own folder, not in the shared /tmp."""
+    return str(socket_path)

@@ -14,6 +14,7 @@ for the cancellation, so no buffer is freed while the kernel may still write int
 from __future__ import annotations
 
 import ctypes
+import re
 import sys
 from ctypes import wintypes
 from typing import Any
@@ -36,6 +37,9 @@ SECURITY_IDENTIFICATION = 0x00010000
 TOKEN_QUERY = 0x0008
 TOKEN_USER_CLASS = 1  # TOKEN_INFORMATION_CLASS.TokenUser
 SDDL_REVISION_1 = 1
+SE_FILE_OBJECT = 1  # SE_OBJECT_TYPE
+DACL_SECURITY_INFORMATION = 0x00000004
+PROTECTED_DACL_SECURITY_INFORMATION = 0x80000000
 INFINITE = 0xFFFFFFFF
 WAIT_OBJECT_0 = 0
 WAIT_TIMEOUT = 258
@@ -54,6 +58,7 @@ ERROR_PIPE_CONNECTED = 535
 ERROR_OPERATION_ABORTED = 995
 ERROR_IO_PENDING = 997
 
+SID_PATTERN = re.compile(r"S-1-[0-9]+(?:-[0-9]+)+")  # a SID in string form (fullmatch)
 INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
 # Windows' DWORD and BOOL are 32 bits; ctypes.wintypes spells them c_ulong and c_long,
 # which are 64 bits on Linux and macOS, so the layouts would be tested wrong there.
@@ -111,6 +116,9 @@ PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "ConvertSidToStringSidW": (_B, [_P, _P]),
     "ConvertStringSecurityDescriptorToSecurityDescriptorW": (_B, [wintypes.LPCWSTR, _D, _P,
                                                                   _P]),
+    "GetSecurityDescriptorDacl": (_B, [_P, _P, _P, _P]),
+    # Returns its error code (ERROR_SUCCESS: 0) instead of setting the last error.
+    "SetNamedSecurityInfoW": (_D, [wintypes.LPCWSTR, ctypes.c_int, _D, _P, _P, _P, _P]),
 }
 
 
@@ -176,6 +184,30 @@ class Win32Api:
             raise self._fail("ConvertStringSecurityDescriptorToSecurityDescriptorW")
         return SecurityAttributes(self, sd.value)
 
+    def set_protected_dacl(self, path: str, sddl: str) -> None:
+        """Replace the DACL of file or folder `path` by the one in `sddl`, protected (no
+        entry inherited from its parent); Windows passes the new inheritable entries on
+        to what the folder already holds."""
+        sd = ctypes.c_void_p()
+        if not self.advapi32.ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                sddl, SDDL_REVISION_1, ctypes.byref(sd), None):
+            raise self._fail("ConvertStringSecurityDescriptorToSecurityDescriptorW")
+        try:
+            present, defaulted, dacl = BOOL(0), BOOL(0), ctypes.c_void_p()
+            if not self.advapi32.GetSecurityDescriptorDacl(
+                    sd, ctypes.byref(present), ctypes.byref(dacl), ctypes.byref(defaulted)):
+                raise self._fail("GetSecurityDescriptorDacl")
+            if not present.value or not dacl.value:
+                raise Win32Error("GetSecurityDescriptorDacl", 0, f"no DACL in {sddl!r}")
+            err = self.advapi32.SetNamedSecurityInfoW(
+                path, SE_FILE_OBJECT,
+                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                None, None, dacl, None)
+            if err:
+                raise Win32Error("SetNamedSecurityInfoW", int(err), path)
+        finally:
+            self.kernel32.LocalFree(sd)
+
     # -- pipes ----------------------------------------------------------------------------
 
     def create_named_pipe(self, name: str, open_mode: int, pipe_mode: int, max_instances: int,
@@ -196,6 +228,13 @@ class Win32Api:
         if h is None or h == INVALID_HANDLE_VALUE:
             raise self._fail("CreateFileW")
         return int(h)
+
+    def server_process_id(self, handle: int) -> int:
+        """The pid of the process serving the pipe that client handle `handle` is on."""
+        pid = DWORD(0)
+        if not self.kernel32.GetNamedPipeServerProcessId(handle, ctypes.byref(pid)):
+            raise self._fail("GetNamedPipeServerProcessId")
+        return int(pid.value)
 
     def wait_named_pipe(self, name: str, timeout_ms: int) -> bool:
         return bool(self.kernel32.WaitNamedPipeW(name, timeout_ms))

@@ -3,7 +3,7 @@
 On Linux and macOS a shared folder appears in the VM at its own path, so a bind mount's
 source needs no translation (`PosixPaths`). On Windows a shared folder such as
 ``C:\\Users\\me`` appears at ``/mnt/host/c/Users/me`` (`WindowsPaths`), and the docker
-socket's guard (`desktop.apiguard`) rewrites the sources of bind mounts to that path
+socket's guard (`desktop.services.apiguard`) rewrites the sources of bind mounts to that path
 before the engine sees them.
 
 Why ``/mnt/host/<drive>``: one prefix holds every host drive, so nothing of the host can

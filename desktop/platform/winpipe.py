@@ -1,10 +1,13 @@
 """Windows named pipes for the engine API and the control API, restricted to the user.
 
-The engine is served on ``\\\\.\\pipe\\cove_engine`` (``cove-<instance>_engine`` for
-other instances) and, when the ``docker_engine_pipe`` setting allows it and no other
-program (Docker Desktop) holds it, on ``\\\\.\\pipe\\docker_engine`` too, the pipe the
-docker CLI uses when no context says otherwise. The control API is
-``\\\\.\\pipe\\cove-<instance>-control``.
+Pipe names are global to the machine, so each name Cove makes carries the user's tag
+(`user_tag`: a short hash of the user's SID) and the instance:
+``\\\\.\\pipe\\cove-<user>-<instance>-engine`` serves the engine,
+``...-control`` the control API, ``...-qmp`` QEMU's monitor (QEMU serves it), and
+``...-com1`` is a Hyper-V VM's serial port. When the ``docker_engine_pipe`` setting
+allows it and no other program (Docker Desktop) holds it, the engine is served on
+``\\\\.\\pipe\\docker_engine`` too, the well-known pipe the docker CLI uses when no
+context says otherwise (one per machine: the first user's Cove to take it keeps it).
 
 Safety, by construction:
 
@@ -26,9 +29,9 @@ calls into Windows go through a `Win32Api`-shaped object, faked in the unit test
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
-import re
 import socket
 import threading
 from collections.abc import Callable
@@ -51,6 +54,7 @@ from desktop.platform._win32 import (
     PIPE_TYPE_MESSAGE,
     PIPE_UNLIMITED_INSTANCES,
     PIPE_WAIT,
+    SID_PATTERN,
     Win32Error,
 )
 
@@ -63,7 +67,7 @@ OPEN_MODE = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED
 PIPE_MODE = PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS
 # A connection ends (EOF) on these, as a socket's recv returns b"" when the peer closes.
 _GONE = (ERROR_BROKEN_PIPE, ERROR_PIPE_NOT_CONNECTED, ERROR_NO_DATA, ERROR_OPERATION_ABORTED)
-_SID = re.compile(r"S-1-[0-9]+(?:-[0-9]+)+")
+_SID = SID_PATTERN
 
 
 class PipeTakenError(OSError):
@@ -81,12 +85,27 @@ def sddl_for(user_sid: str) -> str:
     return f"D:P(A;;GA;;;SY)(A;;GA;;;{user_sid})"
 
 
-def engine_pipe(instance: str) -> str:
-    return PIPE_PREFIX + ("cove_engine" if instance == "default" else f"cove-{instance}_engine")
+def user_tag(identity: str) -> str:
+    """A short tag for the user Cove runs as, from `identity`: the SID in string form, or
+    where no SID can be had, "DOMAIN\\user" (compared without regard to case, as Windows
+    compares account names). Pipe names are global to the machine: the tag keeps two
+    users' instances of one name apart."""
+    key = identity if _SID.fullmatch(identity) else identity.casefold()
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def control_pipe(instance: str) -> str:
-    return PIPE_PREFIX + f"cove-{instance}-control"
+def instance_pipe(user: str, instance: str, role: str) -> str:
+    """The pipe of `role` for one user's instance: ``\\\\.\\pipe\\cove-<user>-<instance>-<role>``
+    (roles: engine, control, qmp, com1)."""
+    return PIPE_PREFIX + f"cove-{user}-{instance}-{role}"
+
+
+def engine_pipe(instance: str, user: str) -> str:
+    return instance_pipe(user, instance, "engine")
+
+
+def control_pipe(instance: str, user: str) -> str:
+    return instance_pipe(user, instance, "control")
 
 
 def docker_host(pipe: str) -> str:
@@ -110,10 +129,11 @@ class PipePlan:
     required: bool  # False: serve it only when no other program holds it
 
 
-def engine_plan(instance: str, docker_engine_allowed: bool) -> list[PipePlan]:
-    """The pipes that serve the engine: Cove's own always, docker_engine when allowed
-    (whether it is free is known only by trying to create it: `open_pipes`)."""
-    plan = [PipePlan(engine_pipe(instance), True)]
+def engine_plan(own: str, docker_engine_allowed: bool) -> list[PipePlan]:
+    """The pipes that serve the engine: Cove's own (`own`, the instance's engine pipe)
+    always, docker_engine when allowed (whether it is free is known only by trying to
+    create it: `open_pipes`)."""
+    plan = [PipePlan(own, True)]
     if docker_engine_allowed:
         plan.append(PipePlan(DOCKER_ENGINE, False))
     return plan
@@ -157,6 +177,10 @@ class PipeConnection:
 
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout
+
+    def server_pid(self) -> int:
+        """The process that serves this pipe (GetNamedPipeServerProcessId)."""
+        return int(self._api.server_process_id(self._handle))
 
     def gettimeout(self) -> float | None:
         return self._timeout

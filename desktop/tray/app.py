@@ -22,10 +22,11 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication, QMenu, QMessageBox, QSystemTrayIcon, QWidget
 
 from desktop import __version__
-from desktop.instance import DEFAULT_INSTANCE, Instance, SettingsError
+from desktop.instance import DEFAULT_INSTANCE, Instance
+from desktop.settings import SettingsError
 from desktop.tray import autostart, icons, model
 from desktop.tray.controller import TrayController
-from desktop.tray.single_instance import SingleInstance, server_name
+from desktop.tray.single_instance import SingleInstance
 
 NOTICE_ICONS = {"information": QSystemTrayIcon.MessageIcon.Information,
                 "warning": QSystemTrayIcon.MessageIcon.Warning,
@@ -163,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not start the backend when it is not running")
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    inst = Instance(args.instance)
+    try:
+        inst = Instance(args.instance)
+        inst.ensure_folder()  # private: the tray's lock and socket live there
+    except SettingsError as e:
+        print(f"cove-desktop: error: {e}", file=sys.stderr)
+        return 1
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("Cove")
@@ -171,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     app.setWindowIcon(icons.app_icon())
     # Per user and instance folder: instances of another COVE_HOME have their own tray.
     home_key = hashlib.sha256(str(inst.folder).encode()).hexdigest()[:8]
-    single = SingleInstance(server_name(f"{inst.name}-{home_key}"))
+    single = SingleInstance(inst.folder, f"{inst.name}-{home_key}")
     if not single.claim("show"):
-        print("Cove's tray is already running; its dashboard was brought forward",
+        print("Cove's tray is already running" + ("; its dashboard was brought forward"
+                                                  if single.delivered else ""),
               file=sys.stderr)
         return 0
+    if single.listen_error:
+        print(f"cove-desktop: {single.listen_error}; a second launch will not bring this "
+              "tray's dashboard forward", file=sys.stderr)
     controller = TrayController(inst)
     tray = TrayApp(controller)
     single.activated.connect(lambda _msg: tray.show_dashboard())

@@ -24,7 +24,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from desktop import cli, engines, pidfile
+from desktop import lifecycle, windows_engine
 from desktop.control import ControlClient, ControlError
 from desktop.instance import Instance
 from desktop.platform import endpoints
@@ -57,17 +57,19 @@ class TrayController(QObject):
                  spawn: Callable[[Instance], Any] | None = None,
                  docker: DockerService | None = None,
                  worker: Worker | None = None, parent: QObject | None = None,
-                 switcher: Callable[[], engines.Switcher] | None = None) -> None:
+                 switcher: Callable[[], windows_engine.Switcher] | None = None,
+                 orphan: Callable[[Instance], int | None] = lifecycle.orphan_pid) -> None:
         super().__init__(parent)
         self.inst = instance
         self.client = ControlClient(instance.control_socket)
         self.state = model.TrayState()
-        self._switcher = switcher or (lambda: engines.switcher_for(instance, self._start_vm))
+        self._switcher = switcher or (lambda: windows_engine.switcher_for(instance, self._start_vm))
         self.refresh_engine_mode()
         self.docker = docker or DockerService(instance.docker_socket,
                                               base_url=endpoints.docker_host(instance))
         self.worker = worker or Worker(self)
-        self._spawn = spawn or cli.spawn_backend
+        self._spawn = spawn or lifecycle.spawn_backend
+        self._orphan = orphan
         self._proc: subprocess.Popen | None = None
         self._closing = threading.Event()
         self._sock: Any = None
@@ -105,7 +107,7 @@ class TrayController(QObject):
         self._reap()
 
     def backend_running(self) -> bool:
-        return pidfile.read_live(self.inst.pid_file) is not None
+        return lifecycle.is_running(self.inst)
 
     # -- following the backend ---------------------------------------------------------
 
@@ -119,7 +121,9 @@ class TrayController(QObject):
                     self._drop(s)
                 if was_connected:
                     was_connected = False
-                    emit(self._event_in, {"event": "_absent"}, False)
+                    # A VM whose backend died still runs: say so (Start takes it back).
+                    orphan = None if self._launching() else self._orphan(self.inst)
+                    emit(self._event_in, {"event": "_absent", "orphan_pid": orphan}, False)
                 self._closing.wait(RECONNECT_INTERVAL)
                 self._reap()
                 continue
@@ -178,11 +182,16 @@ class TrayController(QObject):
     def _on_event(self, ev: dict[str, Any], live: bool) -> None:
         if ev.get("event") == "_absent":
             # No backend answers: it is stopped (or ended with the error it last logged).
-            if self.state.state not in ("stopped", "error") and not self._launching():
+            orphan = ev.get("orphan_pid")
+            changed = self.state.state not in ("stopped", "error") or \
+                orphan != self.state.orphan_pid
+            if changed and not self._launching():
                 self.state.state = "stopped"
                 self.state.containers = None
+                self.state.orphan_pid = orphan
                 emit(self.changed, self.state)
             return
+        self.state.orphan_pid = None
         before = self.state.state
         if ev.get("event") == "_status":
             model.apply_status(self.state, ev)
@@ -275,8 +284,8 @@ class TrayController(QObject):
 
     def _stop_blocking(self) -> bool:
         try:
-            return cli.stop_backend(self.inst, timeout=STOP_TIMEOUT)
-        except cli.CliError as e:
+            return lifecycle.stop_backend(self.inst, timeout=STOP_TIMEOUT)
+        except lifecycle.LifecycleError as e:
             raise ControlError(str(e)) from e
 
     def request(self, op: str, on_done: Callable[[Any], Any] | None = None,
@@ -309,10 +318,10 @@ class TrayController(QObject):
         """Read the active engine mode (engine.json); an unreadable file reads as the
         default, and the switch itself then reports why."""
         try:
-            self.state.engine_mode = engines.load_mode(self.inst.home)
-        except engines.EngineError as e:
+            self.state.engine_mode = windows_engine.load_mode(self.inst.home)
+        except windows_engine.EngineError as e:
             log.warning("%s", e)
-            self.state.engine_mode = engines.DEFAULT_MODE
+            self.state.engine_mode = windows_engine.DEFAULT_MODE
 
     def switch_engine(self, mode: str) -> None:
         """Switch the `cove` context to `mode`'s engine on the worker pool; the result is
@@ -322,7 +331,7 @@ class TrayController(QObject):
         self.state.switching_to = mode
         emit(self.changed, self.state)
 
-        def done(result: engines.SwitchResult) -> None:
+        def done(result: windows_engine.SwitchResult) -> None:
             self.state.switching_to = ""
             self.state.engine_mode = result.mode
             emit(self.changed, self.state)
@@ -342,9 +351,9 @@ class TrayController(QObject):
         if proc is not None:
             self._proc = proc
         try:
-            cli.wait_running(self.inst, proc, quiet=True)
-        except cli.CliError as e:
-            raise engines.EngineError(str(e)) from e
+            lifecycle.wait_running(self.inst, proc)
+        except lifecycle.LifecycleError as e:
+            raise windows_engine.EngineError(str(e)) from e
 
     def refresh_count(self) -> None:
         if self.state.is_up:

@@ -2,10 +2,12 @@
 
 It holds the instance's logs, its settings, the versions of everything involved, the
 backend's status and the engine's `docker info`, each passed through `redact` first:
-values of secret-looking keys (tokens, passwords, keys, auth), environment values
-(``NAME=value`` becomes ``NAME=<redacted>``), credentials in URLs, private keys and
-bearer tokens are removed. Files that only hold secrets (boot.json with the per-boot
-token, the SSH key) are never read.
+values of secret-looking keys (tokens, passwords, keys, auth, sessions, signatures: in
+JSON, in JSON escaped inside a JSON log line, in ``key=value`` and URL queries),
+environment values (``NAME=value`` becomes ``NAME=<redacted>``), credentials in URLs,
+private keys (also one whose BEGIN line the log's tail cut off), bearer tokens and the
+forges' own tokens (``ghp_...``, ``github_pat_...``, ``glpat-...``) are removed. Files
+that only hold secrets (boot.json with the per-boot token, the SSH key) are never read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from desktop import __version__
+from desktop import __version__, home
 from desktop.instance import Instance
 
 REDACTED = "<redacted>"
@@ -27,39 +29,84 @@ LOG_TAIL_BYTES = 2 * 2**20  # the last 2 MiB of each log
 
 SECRET_KEY = re.compile(
     r"(pass(word|wd|phrase)?|secret|token|auth|credential|cookie|session|signature"
-    r"|api[_-]?key|access[_-]?key|private[_-]?key|^key$|_key$|-key$)", re.IGNORECASE)
+    r"|api[_-]?key|access[_-]?key|private[_-]?key|^key$|_key$|-key$|^sig$)", re.IGNORECASE)
 ENV_KEYS = {"env", "environment", "environ"}
 
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)",
                   re.DOTALL)
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
+# What stands before a key's END line when the tail began inside the key: base64 lines
+# (raw, or with JSON's "\n" escapes in a JSON log line).
+_PEM_BODY = re.compile(r"(?:[A-Za-z0-9+/=\s]|\\[nr])*")
+# GitHub's personal, OAuth, user, server and refresh tokens, its fine-grained PATs,
+# GitLab's PATs: recognisable alone, with no key before them.
+_FORGE_TOKEN = re.compile(
+    r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_-]{20,})")
 _LINK_HEADER = re.compile(r"(COVE/\d+\s+)[0-9a-fA-F]{16,}")
 _BEARER = re.compile(r"\b(Bearer|Basic|token)(\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
-_URL_CREDS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
-# "token": "...", token=..., password: ... (a secret-looking key and its value)
-_KEY_VALUE = re.compile(
-    r"""(?P<key>["']?[\w.-]*(?:pass(?:word|wd|phrase)?|secret|token|auth|credential|cookie"""
-    r"""|api[_-]?key|access[_-]?key|private[_-]?key)[\w.-]*["']?)(?P<sep>\s*[:=]\s*)"""
-    r"""(?P<value>(?!(?:Bearer|Basic)\s)(?:"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;}\]]+))""",
+_URL_CREDS = re.compile(r"(?<![a-zA-Z0-9+.-])([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
+# "token": "...", token=..., password: ..., sig=..., X-Amz-Signature=..., api_key=...:
+# a key (a whole word, optionally quoted, also with escaped quotes: \"token\": \"...\", as
+# JSON inside a JSON log line's message is) and its separator; `_redact_key_values` keeps
+# the secret-looking ones and redacts the value after them. Keys are matched from a word's
+# start only (the lookbehind) and judged apart, so a long run of word characters costs its
+# length once, not its square.
+_KEY = re.compile(r"""(?<![\w.-])(?P<name>[\w.-]+)(?:\\?["'])?(?P<sep>\s*[:=]\s*)""")
+_SECRET_NAME = re.compile(
+    r"pass(?:word|wd|phrase)?|secret|token|auth|credential|cookie|session|signature"
+    r"|api[_-]?key|access[_-]?key|private[_-]?key|^sig$|[_-]key$", re.IGNORECASE)
+# A string inside a JSON string, escaped: \"...\" whose own escapes are doubled.
+_ESCAPED_STRING = r'\\"(?:[^"\\]|\\\\\\["\\]|\\\\[^"\\]|\\[^"\\])*\\"'
+_VALUE = re.compile(
+    rf"""(?!(?:Bearer|Basic)\s)(?:{_ESCAPED_STRING}|"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;}}\]]+)""",
     re.IGNORECASE)
 # Environment assignments: FOO=bar, -e FOO=bar, export FOO=bar.
 _ENV_ASSIGN = re.compile(
     r"(?<![\w/.-])(?P<name>[A-Z_][A-Z0-9_]*)=(?P<value>\"[^\"]*\"|'[^']*'|\S+)")
 
 
+def _cut_key(text: str) -> str:
+    """A log tail that begins inside a private key: base64 lines, then its END line.
+    Everything up to that line is the key's."""
+    end = _PEM_END.search(text)
+    if end is None or _PEM_BEGIN.search(text, 0, end.start()) is not None:
+        return text
+    if not _PEM_BODY.fullmatch(text, 0, end.start()):
+        return text  # an END line after other text: not a key the tail cut
+    return REDACTED + text[end.end():]
+
+
 def redact_text(text: str) -> str:
     """`text` with secrets and environment values replaced by <redacted>."""
-    text = _PEM.sub(REDACTED, text)
+    text = _PEM.sub(REDACTED, _cut_key(text))
     text = _LINK_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _URL_CREDS.sub(lambda m: m.group(1) + REDACTED + "@", text)
     text = _BEARER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    text = _FORGE_TOKEN.sub(REDACTED, text)
 
-    def key_value(m: re.Match[str]) -> str:
-        value = m.group("value")
-        quote = value[0] if value[:1] in ("'", '"') else ""
-        return f"{m.group('key')}{m.group('sep')}{quote}{REDACTED}{quote}"
-
-    text = _KEY_VALUE.sub(key_value, text)
+    text = _redact_key_values(text)
     return _ENV_ASSIGN.sub(lambda m: f"{m.group('name')}={REDACTED}", text)
+
+
+def _redact_key_values(text: str) -> str:
+    """The value after each secret-looking key (`_KEY`, `_SECRET_NAME`) redacted, its
+    quotes kept."""
+    out: list[str] = []
+    pos = 0
+    for m in _KEY.finditer(text):
+        if m.start() < pos or not _SECRET_NAME.search(m.group("name")):
+            continue  # inside a value redacted already, or not a secret's key
+        v = _VALUE.match(text, m.end())
+        if v is None:
+            continue
+        value = v.group(0)
+        quote = '\\"' if value.startswith('\\"') else \
+            value[0] if value[:1] in ("'", '"') else ""
+        out += [text[pos:m.end()], quote, REDACTED, quote]
+        pos = v.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _redact_env(value: Any) -> Any:
@@ -127,8 +174,8 @@ def versions(engine: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-LOGS = ("backend.log", "events.log", "serial.log", "qemu.log", "backend.out",
-        "serial.crash.log")
+LOGS = (home.BACKEND_LOG, home.EVENTS_LOG, home.SERIAL_LOG, home.QEMU_LOG, home.BACKEND_OUT,
+        home.SERIAL_CRASH_LOG)
 
 
 def build_bundle(inst: Instance, dest: Path,

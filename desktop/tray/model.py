@@ -11,18 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# The backend's state events (see desktop/backend.py).
-STATES = ("stopped", "starting", "running", "degraded", "stopping", "error")
+from desktop.status import (
+    BUSY,
+    EventKind,
+    PortState,
+    State,
+    data_disk_message,
+    is_up,
+    step_text,
+)
 
-STEP_TEXT = {
-    "launch": "launching the backend",
-    "image": "checking the guest image",
-    "disk": "preparing the data disk",
-    "vm": "booting the VM",
-    "agent": "waiting for the guest agent",
-    "engine": "waiting for the Docker engine",
-}
-
+_STATES = frozenset(State)
 
 @dataclass(frozen=True)
 class Notice:
@@ -43,19 +42,21 @@ class TrayState:
     failed_ports: dict[str, str] = field(default_factory=dict)  # "8080/tcp" -> reason
     restart_needed: bool = False
     failed: bool = False  # this run ended in an error: shown until the next start
-    # The engine the `cove` context points at (desktop/engines.py), and the one a switch
+    # The engine the `cove` context points at (`desktop.windows_engine`), and the one a switch
     # in progress is heading for ("" when none is).
     engine_mode: str = "linux"
     switching_to: str = ""
+    orphan_pid: int | None = None  # stopped, but its VM runs on without a backend
+    disk_note: str = ""  # the data disk is (nearly) full: what to do ("" while it has room)
 
     @property
     def is_up(self) -> bool:
         """The engine answers (or answered a moment ago and is coming back)."""
-        return self.state in ("running", "degraded")
+        return is_up(self.state)
 
     @property
     def busy(self) -> bool:
-        return self.state in ("starting", "stopping")
+        return self.state in BUSY
 
 
 def _first_line(text: str) -> str:
@@ -69,41 +70,10 @@ def apply_event(st: TrayState, ev: dict[str, Any], live: bool = True) -> list[No
     failure that was already over when the tray connected is not announced again.
     """
     kind = str(ev.get("event", ""))
+    if kind in _STATES:
+        return _apply_state(st, State(kind), ev, live)
     notices: list[Notice] = []
-    if kind in STATES:
-        previous = st.state
-        st.state = kind
-        if kind == "starting":
-            st.step = str(ev.get("step", ""))
-            st.reason = ""
-            st.failed = False
-            if previous in ("stopped", "error"):
-                st.failed_ports.clear()
-        elif kind == "running":
-            st.step = ""
-            st.reason = ""
-            st.engine_version = str(ev.get("engine_version", st.engine_version))
-        elif kind == "degraded":
-            st.reason = str(ev.get("reason", ""))
-        elif kind == "stopping":
-            st.step = ""
-            if st.failed:
-                st.state = "error"  # stopping because it failed: still the failure
-        elif kind == "error":
-            st.reason = str(ev.get("reason", "unknown error"))
-            st.failed = True
-            if live:
-                title = ("Cove's engine failed to start" if previous == "starting"
-                         else "Cove stopped with an error")
-                notices.append(Notice(title, _first_line(st.reason), "critical"))
-        elif kind == "stopped":
-            st.step = ""
-            st.containers = None
-            st.failed_ports.clear()
-            st.restart_needed = False
-            if st.failed:
-                st.state = "error"  # keep showing why it ended until the next start
-    elif kind == "port_failed":
+    if kind == EventKind.PORT_FAILED:
         key = f"{ev.get('host_port')}/{ev.get('proto', 'tcp')}"
         new = key not in st.failed_ports
         st.failed_ports[key] = str(ev.get("reason", ""))
@@ -111,27 +81,73 @@ def apply_event(st: TrayState, ev: dict[str, Any], live: bool = True) -> list[No
             who = ev.get("container") or "a host-network container"
             notices.append(Notice(f"Port {key} could not be published",
                                   str(ev.get("reason") or f"for {who}"), "warning"))
-    elif kind in ("port_forwarded", "port_removed"):
+    elif kind == EventKind.PORT_STALLED:
+        key = f"{ev.get('host_port')}/{ev.get('proto', 'tcp')}"
+        st.failed_ports[key] = f"{ev.get('state', 'stalled')}: {ev.get('reason', '')}"
+    elif kind in (EventKind.PORT_FORWARDED, EventKind.PORT_REMOVED):
         st.failed_ports.pop(f"{ev.get('host_port')}/{ev.get('proto', 'tcp')}", None)
-    elif kind == "restart_needed":
-        st.restart_needed = True
-        if live:
-            notices.append(restart_notice(str(ev.get("reason", ""))))
+    elif kind == EventKind.DATA_DISK:
+        st.disk_note = str(ev.get("message", ""))
+        if live and st.disk_note:
+            full = ev.get("level") == "full"
+            notices.append(Notice(f"Cove's data disk is {'full' if full else 'nearly full'}",
+                                  st.disk_note, "critical" if full else "warning"))
     return notices
+
+
+def _apply_state(st: TrayState, kind: State, ev: dict[str, Any], live: bool) -> list[Notice]:
+    previous = st.state
+    st.state = kind
+    if kind == State.STARTING:
+        st.step = str(ev.get("step", ""))
+        st.reason = ""
+        st.failed = False
+        if previous in (State.STOPPED, State.ERROR):
+            st.failed_ports.clear()
+    elif kind == State.RUNNING:
+        st.step = ""
+        st.reason = ""
+        st.engine_version = str(ev.get("engine_version", st.engine_version))
+    elif kind == State.DEGRADED:
+        st.reason = str(ev.get("reason", ""))
+    elif kind == State.STOPPING:
+        st.step = ""
+        if st.failed:
+            st.state = State.ERROR  # stopping because it failed: still the failure
+    elif kind == State.ERROR:
+        st.reason = str(ev.get("reason", "unknown error"))
+        st.failed = True
+        if live:
+            title = ("Cove's engine failed to start" if previous == State.STARTING
+                     else "Cove stopped with an error")
+            return [Notice(title, _first_line(st.reason), "critical")]
+    elif kind == State.STOPPED:
+        st.step = ""
+        st.containers = None
+        st.failed_ports.clear()
+        st.restart_needed = False
+        st.disk_note = ""
+        if st.failed:
+            st.state = State.ERROR  # keep showing why it ended until the next start
+    return []
 
 
 def apply_status(st: TrayState, status: dict[str, Any]) -> None:
     """Start from the backend's `status` reply (the tray has just connected)."""
-    state = str(status.get("state", "stopped"))
-    st.state = state if state in STATES else "stopped"
+    state = str(status.get("state", State.STOPPED))
+    st.state = state if state in _STATES else State.STOPPED
     st.step = str(status.get("step", ""))
     st.reason = str(status.get("reason", ""))
     st.failed = st.state == "error"
     st.engine_version = str(status.get("engine_version", ""))
     st.failed_ports = {f"{p.get('host_port')}/{p.get('proto', 'tcp')}": str(p.get("reason", ""))
-                       for p in status.get("ports") or [] if p.get("state") == "failed"}
+                       for p in status.get("ports") or [] if p.get("state") in PortState.TROUBLE}
     if status.get("shares_pending"):
         st.restart_needed = True
+    disk = status.get("data_disk") or {}
+    st.disk_note = data_disk_message(str(disk.get("level", "")), int(disk.get("size", 0)),
+                                     int(disk.get("free", 0)),
+                                     int(status.get("disk", 0)) // 2**30)
 
 
 def restart_notice(why: str = "") -> Notice:
@@ -160,7 +176,7 @@ def status_line(st: TrayState) -> str:
     if st.state == "running":
         return f"Cove is running{_containers_text(st.containers)}"
     if st.state == "starting":
-        step = STEP_TEXT.get(st.step, st.step)
+        step = step_text(st.step)
         return f"Cove is starting ({step})…" if step else "Cove is starting…"
     if st.state == "degraded":
         return f"Cove is degraded: {_first_line(st.reason)}" if st.reason else \
@@ -169,6 +185,9 @@ def status_line(st: TrayState) -> str:
         return "Cove is stopping…"
     if st.state == "error":
         return f"Cove failed: {_first_line(st.reason)}"
+    if st.orphan_pid:
+        return (f"Cove is stopped, but its VM (pid {st.orphan_pid}) still runs without a "
+                "backend; Start stops it cleanly and starts Cove again")
     return "Cove is stopped"
 
 
@@ -178,6 +197,8 @@ def tooltip(st: TrayState) -> str:
         lines.append(f"Docker engine {st.engine_version}")
     for key, reason in sorted(st.failed_ports.items()):
         lines.append(f"port {key}: {reason}" if reason else f"port {key} is not published")
+    if st.disk_note:
+        lines.append(st.disk_note)
     if st.restart_needed:
         lines.append("A restart is needed to apply the settings")
     if st.engine_mode == "windows":

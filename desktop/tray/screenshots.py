@@ -17,7 +17,8 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication
 
-from desktop.instance import Instance, Settings
+from desktop.instance import Instance
+from desktop.settings import Settings
 from desktop.tray import icons, model
 from desktop.tray.autostart import XdgAutostart
 from desktop.tray.controller import TrayController

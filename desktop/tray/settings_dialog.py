@@ -39,7 +39,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.instance import GIB, MIB, Instance, Settings, SettingsError
+from desktop.instance import Instance
+from desktop.settings import GIB, MIB, Settings, SettingsError
 from desktop.tray.autostart import Autostart, tray_command
 from desktop.tray.controller import TrayController
 
@@ -287,10 +288,11 @@ class SettingsDialog(QDialog):
         try:
             # The backend saved engine_config itself when it applied it: start from the
             # file as it is now and set every field the dialog owns.
-            current = self.inst.load_settings()
-            for f in fields(Settings):
-                setattr(current, f.name, getattr(new, f.name))
-            self.inst.save_settings(current)
+            def change(current: Settings) -> None:
+                for f in fields(Settings):
+                    setattr(current, f.name, getattr(new, f.name))
+
+            self.inst.update_settings(change)
         except (SettingsError, OSError) as e:
             self.error.setText(str(e))
             self.apply_button.setEnabled(True)

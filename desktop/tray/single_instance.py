@@ -1,69 +1,79 @@
-"""One tray per user (and instance): a second launch hands over to the first.
+"""One tray per user and instance: a second launch hands over to the first.
 
-The first tray listens on a local server whose name holds the user and the instance
-(a 0600-like socket on Unix, a named pipe on Windows, both restricted to the user). A
-second launch connects, says "show", and exits; the first brings its dashboard forward
-(`activated`). A lock file makes two launches at the same moment agree on who is first.
+Everything lives where only the user reaches it, never in the shared temporary folder
+(where another user could make the names first and so turn the user's tray away):
+
+* The lock file, in the instance folder (0700 and the user's own:
+  `Instance.ensure_folder`), is held for the tray's whole life. It alone says who is
+  first: a second launch finds it held and exits. The lock is the OS's as well as Qt's
+  (the holder's pid is in the file), so a crashed tray leaves no lock that counts.
+* The local server only carries a later launch's message ("show": the first brings its
+  dashboard forward, `activated`). Its name is the platform's
+  (`endpoints.local_server_name`): a socket in the instance folder on Unix; on Windows a
+  named pipe holding the user's SID, that only the user may connect to. If the name
+  cannot be served (on Windows another program may hold a pipe name first), the tray
+  still runs; a later launch then exits without bringing it forward.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import re
-import tempfile
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QLockFile, QObject, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
+from desktop import home
+from desktop.platform import endpoints
 from desktop.tray.qtcompat import emit
 
 CONNECT_TIMEOUT_MS = 1000
-
-
-def server_name(instance: str, user: str | None = None) -> str:
-    if user is None:
-        getuid = getattr(os, "getuid", None)
-        user = str(getuid()) if getuid is not None else getpass.getuser()
-    return "cove-tray-" + re.sub(r"[^A-Za-z0-9_.-]", "_", f"{user}-{instance}")
+SEND_PATIENCE = 5.0  # s: the first tray may hold the lock and not listen yet
 
 
 class SingleInstance(QObject):
     activated = Signal(str)  # the message a later launch sent ("show")
 
-    def __init__(self, name: str, parent: QObject | None = None) -> None:
+    def __init__(self, folder: Path, key: str, parent: QObject | None = None) -> None:
+        """`folder`: the instance folder (private, existing); `key`: what names this
+        instance among the user's (its name and its COVE_HOME's)."""
         super().__init__(parent)
-        self.name = name
+        self.name = endpoints.local_server_name(folder / home.TRAY_SOCK, key)
         self.server: QLocalServer | None = None
+        self.listen_error = ""  # why no server listens, when none does
+        self.delivered = False  # a later launch: the first tray got its message
         self._conns: list[QLocalSocket] = []
-        self._lock = QLockFile(str(Path(tempfile.gettempdir()) / f"{name}.lock"))
-        self._lock.setStaleLockTime(0)
+        self._lock = QLockFile(str(folder / home.TRAY_LOCK))
+        self._lock.setStaleLockTime(0)  # stale only when its holder is gone, not by age
 
-    def claim(self, message: str = "show") -> bool:
-        """True if this is the first tray (it now listens); False if another answered
-        (it was sent `message`)."""
-        if not self._lock.tryLock(5000):
-            return self._send(message)
-        try:
-            if self._send(message):
-                return False
-            QLocalServer.removeServer(self.name)  # a crashed tray's leftover socket
-            server = QLocalServer(self)
-            server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
-            if not server.listen(self.name):
-                raise OSError(f"cannot listen on {self.name}: {server.errorString()}")
+    def claim(self, message: str = "show", patience: float = SEND_PATIENCE) -> bool:
+        """True if this is the first tray: it holds the lock until `close` and listens
+        (unless `listen_error` says why not). False if another tray holds the lock; it
+        was sent `message` if it answered within `patience` seconds (`delivered`)."""
+        if not self._lock.tryLock(0):
+            self.delivered = self._send(message, patience)
+            return False
+        QLocalServer.removeServer(self.name)  # a crashed tray's leftover socket
+        server = QLocalServer(self)
+        server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
+        if server.listen(self.name):
             server.newConnection.connect(self._on_connection)
             self.server = server
-            return True
-        finally:
-            self._lock.unlock()
+        else:
+            self.listen_error = f"cannot listen on {self.name}: {server.errorString()}"
+            server.deleteLater()
+        return True
 
-    def _send(self, message: str) -> bool:
-        sock = QLocalSocket()
-        sock.connectToServer(self.name)
-        if not sock.waitForConnected(CONNECT_TIMEOUT_MS):
-            return False
+    def _send(self, message: str, patience: float) -> bool:
+        deadline = time.monotonic() + patience
+        while True:
+            sock = QLocalSocket()
+            sock.connectToServer(self.name)
+            if sock.waitForConnected(CONNECT_TIMEOUT_MS):
+                break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
         sock.write(message.encode() + b"\n")
         sock.waitForBytesWritten(CONNECT_TIMEOUT_MS)
         sock.disconnectFromServer()
@@ -96,3 +106,5 @@ class SingleInstance(QObject):
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self._lock.isLocked():
+            self._lock.unlock()

@@ -1,6 +1,6 @@
 """The Troubleshoot window: restart, open the logs, save a diagnostics bundle, reset.
 
-Reset is `cove reset` (`desktop.cli.reset_instance`): it stops Cove and deletes the
+Reset is `cove reset` (`desktop.lifecycle.reset_instance`): it stops Cove and deletes the
 instance's folder, after a warning that lists what goes.
 """
 
@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop import cli
+from desktop import lifecycle
 from desktop.tray import diagnostics
 from desktop.tray.controller import TrayController
 
@@ -101,7 +101,7 @@ class Troubleshoot(QDialog):
             return
         self.result_label.setText("Resetting Cove…")
         self.controller.worker.submit(
-            lambda: cli.reset_instance(self.inst),
+            lambda: lifecycle.reset_instance(self.inst),
             lambda _: self.result_label.setText(
                 "Cove is reset to factory defaults. Start it from the tray menu."),
             lambda e: self.result_label.setText(f"Reset failed: {e}"))

@@ -32,7 +32,10 @@ class Cove:
         self.home = home
         self.name = name
         self.docker_config = docker_config
-        self.env = {**os.environ, "COVE_HOME": str(home), "DOCKER_CONFIG": str(docker_config)}
+        # COVE_TEST_OPS: the backends `cove start` spawns serve the test-only control ops
+        # (clock_offset).
+        self.env = {**os.environ, "COVE_HOME": str(home), "DOCKER_CONFIG": str(docker_config),
+                    "COVE_TEST_OPS": "1"}
         self.env.pop("DOCKER_HOST", None)
         self.env.pop("DOCKER_CONTEXT", None)
         self.env.setdefault("COVE_IMAGES", str(Path.home() / ".cove" / "images"))

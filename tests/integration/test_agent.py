@@ -9,13 +9,14 @@ import time
 import uuid
 
 from desktop.control import ControlClient
-from desktop.link import ControlChannel, Link
+from desktop.link.channel import ControlChannel
+from desktop.link.tcp import TcpLink
 from tests.integration.conftest import Cove
 
 
-def _link(cove: Cove) -> Link:
+def _link(cove: Cove) -> TcpLink:
     token = json.loads((cove.folder / "boot.json").read_text())["token"]
-    return Link("127.0.0.1", cove.status()["link_port"], token)
+    return TcpLink("127.0.0.1", cove.status()["link_port"], token)
 
 
 def test_ready_with_versions(cove: Cove) -> None:
@@ -63,7 +64,7 @@ def test_echo_stream_is_byte_exact(cove: Cove) -> None:
 
 def test_wrong_token_is_closed_without_reply(cove: Cove) -> None:
     good = _link(cove)
-    bad = Link(good.host, good.port, "0" * 64)
+    bad = TcpLink(good.host, good.port, "0" * 64)
     s = bad.open("docker")
     s.settimeout(10)
     s.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
@@ -151,26 +152,6 @@ def test_host_network_container_cannot_reach_the_agent(cove: Cove, hello_image: 
         "  if echo x | nc -w 3 $a 10811 >/dev/null 2>&1; then echo OPEN-$a; fi; done; echo done",
     ).stdout
     assert out.strip() == "done", out
-
-
-def test_control_channel_over_virtio_serial(cove: Cove) -> None:
-    from desktop.link import SerialLink
-
-    token = json.loads((cove.folder / "boot.json").read_text())["token"]
-    events: list[dict] = []
-    ch = ControlChannel(SerialLink(str(cove.folder / "guest-control.sock"), token),
-                        events.append)
-    assert ch.wait_connect(30, attempt_timeout=5)
-    try:
-        assert events[0]["event"] == "hello" and events[0]["agent_version"] == "0.1.0"
-        assert ch.request("ping") == "pong"
-        assert ch.request("status")["engine_state"] == "running"
-    finally:
-        ch.close()
-    # A wrong token on the serial port gets nothing back.
-    bad = ControlChannel(SerialLink(str(cove.folder / "guest-control.sock"), "f" * 64),
-                         lambda ev: None)
-    assert bad.connect(timeout=3) is False
 
 
 def test_engine_config_refused_keeps_the_old_one(cove: Cove) -> None:

@@ -85,3 +85,44 @@ def test_unreachable_mirror_is_a_clear_error_and_keeps_the_image(cove: Cove,
     assert {p.name: p.stat().st_mtime for p in image_dir.iterdir()} == before
     images = Path(cove.env["COVE_IMAGES"])
     assert not [p for p in images.iterdir() if p.name.startswith((".base-", ".build-"))]
+
+
+# The other 64-bit architecture than this host's: its Debian name, and `uname -m` there.
+OTHER_ARCH = ("arm64", "aarch64") if os.uname().machine == "x86_64" else ("amd64", "x86_64")
+
+
+@pytest.fixture(scope="module")
+def other_arch_image(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image of the other architecture, made here: its static busybox, taken from
+    Cove's guest image of that architecture (the build makes it when it is missing)."""
+    arch = OTHER_ARCH[0]
+    env = {**os.environ, "COVE_IMAGES": cove.env["COVE_IMAGES"]}
+    out = subprocess.run([sys.executable, "-m", "vm_image", "build", "--arch", arch],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                         check=True)
+    root_sqfs = Path(json.loads(out.stdout)["path"]) / "root.sqfs"
+    d = tmp_path_factory.mktemp(f"{arch}-rootfs")
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(d / "x"), str(root_sqfs),
+                    "usr/bin/busybox"], check=True, capture_output=True)
+    (d / "rootfs/bin").mkdir(parents=True)
+    (d / "x/usr/bin/busybox").rename(d / "rootfs/bin/busybox")
+    subprocess.run(["tar", "-C", str(d / "rootfs"), "-cf", str(d / "rootfs.tar"), "."],
+                   check=True)
+    name = f"cove-{arch}-busybox"
+    cove.docker("import", "--platform", f"linux/{arch}", str(d / "rootfs.tar"), name)
+    return name
+
+
+def test_a_container_of_the_other_architecture_runs(cove: Cove, other_arch_image: str
+                                                    ) -> None:
+    """`docker run --platform` with an image of the other architecture: the VM's
+    binfmt_misc hands its programs to QEMU's user-mode emulator (the F flag: the
+    container needs no emulator of its own)."""
+    arch, machine = OTHER_ARCH
+    got = cove.docker("run", "--rm", "--platform", f"linux/{arch}", other_arch_image,
+                      "/bin/busybox", "uname", "-m")
+    assert got.stdout.strip() == machine
+    assert cove.docker("image", "inspect", "-f", "{{.Architecture}}",
+                       other_arch_image).stdout.strip() == arch
+    vm = cove.cove("shell", "ls", "/proc/sys/fs/binfmt_misc").stdout.split()
+    assert f"qemu-{machine}" in vm

@@ -86,7 +86,7 @@ def test_port_held_on_the_host_is_reported_then_forwarded(cove: Cove,
         failed: list[dict] = []
         while not failed and time.monotonic() < deadline:
             failed = [p for p in _ports(cove) if p["host_port"] == 18082
-                      and p["state"] == "failed"]
+                      and p["state"] == "conflict"]
             time.sleep(0.2)
         assert failed, _ports(cove)
         assert "already in use" in failed[0]["reason"]
@@ -211,7 +211,7 @@ def test_udp_echo_through_a_published_port(cove: Cove, hello_image: str) -> None
 
 
 def test_ipv6_localhost_reaches_the_port_too(cove: Cove, hello_image: str) -> None:
-    from desktop.portfwd import host_has_ipv6
+    from desktop.services.portfwd import host_has_ipv6
     if not host_has_ipv6():
         pytest.skip("this host has no IPv6 loopback (the forwarder binds 127.0.0.1 only)")
     name = f"v6-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,8 @@
+"""How long the backend waits for each thing (read at the time of use, so tests may
+shorten them)."""
+
+AGENT_TIMEOUT = 120.0  # power-on to the agent's hello (TCG first boot: ~10 s here)
+ENGINE_TIMEOUT = 180.0  # hello to the engine answering
+TIME_PUSH_INTERVAL = 10.0
+STOP_AGENT_TIMEOUT = 90.0  # the agent stops containers with their own timeouts
+STOP_ACPI_TIMEOUT = 20.0

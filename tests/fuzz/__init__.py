@@ -1,0 +1,1 @@
+"""Fuzz targets (hypothesis): tests/fuzz/test_fuzz_guard.py and its kin."""

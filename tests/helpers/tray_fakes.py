@@ -1,0 +1,456 @@
+"""Test doubles for the tray: a fake backend and a fake Docker engine, both real servers.
+
+`FakeBackend` listens on the instance's control.sock and speaks the backend's control
+protocol (desktop/backend.py `_handle_control`): one JSON request per connection
+answered with one line, and `events` turning the connection into a JSON-lines stream
+(history first). It writes the instance's pid file with the test's own pid, so
+`pidfile.read_live` sees a running backend until it is stopped.
+
+`FakeDockerAPI` is a small HTTP/1.1 server on a unix socket answering the Docker Engine
+API calls the dashboard makes through the real Docker SDK, with chunked streams for
+`/events` and followed logs that the test feeds.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import select
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from desktop import pidfile
+from desktop.instance import Instance
+
+ENGINE_VERSION = "26.1.5"
+
+Query = dict[str, list[str]]
+"""A request's query string, parsed (urllib.parse.parse_qs)."""
+
+
+class FakeBackend:
+    def __init__(self, inst: Instance, state: str = "running") -> None:
+        self.inst = inst
+        inst.ensure_folder()
+        self.requests: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.state = state
+        self.engine_config_error = ""
+        self._subs: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(inst.control_socket))
+        self._sock.listen(16)
+        pidfile.write(inst.pid_file)
+        if state:
+            self.emit("starting", step="vm")
+            if state == "running":
+                self.emit("running", engine_version=ENGINE_VERSION, seconds=1.0)
+        self._accept = threading.Thread(target=self._accept_loop, name="fake-backend")
+        self._accept.start()
+
+    def ops(self, op: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if r.get("op") == op]
+
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        ev = {"time": round(time.time(), 3), "event": kind, **fields}
+        if kind in ("starting", "running", "degraded", "stopping", "stopped", "error"):
+            self.state = kind
+        line = json.dumps(ev).encode() + b"\n"
+        with self._lock:
+            self.history.append(ev)
+            for s in list(self._subs):
+                try:
+                    s.sendall(line)
+                except OSError:
+                    self._subs.remove(s)
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), name="fake-backend-conn")
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        rfile = conn.makefile("rb")
+        try:
+            line = rfile.readline()
+            if not line:
+                return
+            req = json.loads(line)
+            with self._lock:
+                self.requests.append(req)
+            op = req.get("op")
+            if op == "events":
+                with self._lock:
+                    if req.get("history", True):
+                        for ev in self.history:
+                            conn.sendall(json.dumps(ev).encode() + b"\n")
+                    self._subs.append(conn)
+                while rfile.readline():
+                    pass
+                return
+            try:
+                reply = {"ok": True, "result": self._op(op, req)}
+            except ValueError as e:
+                reply = {"ok": False, "error": str(e)}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+            if op == "stop":
+                self.stop_now()
+        except OSError:
+            pass
+        finally:
+            rfile.close()
+            with self._lock:
+                if conn in self._subs:
+                    self._subs.remove(conn)
+            conn.close()
+
+    def _op(self, op: str, req: dict[str, Any]) -> Any:
+        if op == "ping":
+            return "pong"
+        if op == "status":
+            with self._lock:
+                failed = {(e["proto"], e["host_port"]): e for e in self.history
+                          if e["event"] == "port_failed"}
+            return {"state": self.state, "instance": self.inst.name,
+                    "engine_version": ENGINE_VERSION if self.state == "running" else "",
+                    "reason": "", "ssh_config": str(self.inst.folder / "ssh_config"),
+                    "ports": [{"proto": p, "host_port": n, "state": "failed",
+                               "reason": e.get("reason", ""), "container": e.get("container")}
+                              for (p, n), e in failed.items()]}
+        if op == "stop":
+            return "stopping"
+        if op == "engine_config":
+            if self.engine_config_error:
+                raise ValueError(f"the engine refused the config: {self.engine_config_error}")
+            return {"applied": True}
+        raise ValueError(f"unknown op {op!r}")
+
+    def stop_now(self) -> None:
+        """What the real backend does when asked to stop: events, then it is gone."""
+        self.emit("stopping", reason="requested")
+        self.emit("stopped")
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        with self._lock:
+            subs, self._subs = self._subs, []
+        for s in subs:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.inst.control_socket.unlink(missing_ok=True)
+        pidfile.remove_if_ours(self.inst.pid_file)
+        if threading.current_thread() is not self._accept:
+            self._accept.join(5)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(5)
+
+
+# -- the engine --------------------------------------------------------------------------
+
+
+def container(cid: str, name: str, image: str, state: str = "running",
+              ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"Id": cid, "Names": [f"/{name}"], "Image": image, "State": state,
+            "Status": "Up 2 minutes" if state == "running" else "Exited (0) 1 hour ago",
+            "Created": 1_790_000_000, "Ports": ports or []}
+
+
+def default_containers() -> list[dict[str, Any]]:
+    return [
+        container("c1" * 32, "web", "nginx:1.27", ports=[
+            {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+            {"IP": "::", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+            {"IP": "0.0.0.0", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"}]),
+        container("c2" * 32, "db", "postgres:16", ports=[
+            {"IP": "127.0.0.1", "PrivatePort": 5432, "PublicPort": 5432, "Type": "tcp"}]),
+        container("c3" * 32, "job", "busybox", state="exited"),
+    ]
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    api: FakeDockerAPI
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def address_string(self) -> str:
+        return "fake-client"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.api.handle(self)
+
+    do_GET = do_POST = do_DELETE = do_HEAD = _handle
+
+
+class FakeDockerAPI:
+    """The calls it got are in `calls` as (method, path without the version prefix)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.containers = default_containers()
+        self.images = [
+            {"Id": "sha256:" + "a" * 64, "RepoTags": ["nginx:1.27"], "Size": 187_000_000,
+             "Created": 1_780_000_000},
+            {"Id": "sha256:" + "b" * 64, "RepoTags": ["<none>:<none>"], "Size": 5_000_000,
+             "Created": 1_770_000_000},
+        ]
+        self.volumes = [{"Name": "pgdata", "Driver": "local",
+                         "Mountpoint": "/var/lib/docker/volumes/pgdata/_data"}]
+        self.calls: list[tuple[str, str]] = []
+        self.info = {"ServerVersion": ENGINE_VERSION, "KernelVersion": "6.12.0-cove",
+                     "OperatingSystem": "Debian GNU/Linux 13 (trixie)", "NCPU": 2,
+                     "HttpProxy": "http://alice:s3cret@proxy.example:3128"}
+        self._streams: list[queue.Queue[bytes | None]] = []
+        self._logs: dict[str, list[queue.Queue[bytes | None]]] = {}
+        self._lock = threading.Lock()
+        self.server = _Server(str(path), _Handler)
+        self.server.api = self
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, name="fake-docker")
+        self._thread.start()
+
+    # -- feeding streams -----------------------------------------------------------------
+
+    def event(self, type_: str = "container", action: str = "start", **attrs: Any) -> None:
+        msg = {"Type": type_, "Action": action, "Actor": {"ID": "x", "Attributes": attrs},
+               "time": int(time.time())}
+        with self._lock:
+            for q in self._streams:
+                q.put(json.dumps(msg).encode() + b"\n")
+
+    def log(self, cid: str, line: str) -> None:
+        frame = struct.pack(">BxxxL", 1, len(line) + 1) + line.encode() + b"\n"
+        with self._lock:
+            for q in self._logs.get(cid, []):
+                q.put(frame)
+
+    def log_followers(self, cid: str) -> int:
+        with self._lock:
+            return len(self._logs.get(cid, []))
+
+    def event_streams(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def close(self) -> None:
+        with self._lock:
+            for q in self._streams + [q for qs in self._logs.values() for q in qs]:
+                q.put(None)
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+        self.path.unlink(missing_ok=True)
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _find(self, ref: str) -> dict[str, Any] | None:
+        for c in self.containers:
+            if c["Id"] == ref or c["Names"][0] == "/" + ref:
+                return c
+        return None
+
+    def handle(self, h: _Handler) -> None:
+        url = urlsplit(h.path)
+        path = re.sub(r"^/v1\.\d+", "", url.path)
+        method = h.command
+        with self._lock:
+            self.calls.append((method, path))
+        route = self._ROUTES.get((method, path))
+        if route is not None:
+            return route(self, h, parse_qs(url.query))
+        m = re.fullmatch(r"/containers/([^/]+)(?:/(\w+))?", path)
+        if m and m.group(1) != "json" and self._container(h, method, m.group(1), m.group(2)):
+            return None
+        if method == "DELETE" and path.startswith("/images/"):
+            return self._delete_image(h, path.removeprefix("/images/"))
+        if method == "DELETE" and path.startswith("/volumes/"):
+            return self._delete_volume(h, path.removeprefix("/volumes/"))
+        return self._json(h, {"message": f"page not found: {method} {path}"}, 404)
+
+    # -- the routes: (method, path) in `_ROUTES`, then one container's, then deletes --
+
+    def _ping(self, h: _Handler, q: Query) -> None:
+        self._send(h, 200, b"OK", "text/plain")
+
+    def _version(self, h: _Handler, q: Query) -> None:
+        self._json(h, {"Version": ENGINE_VERSION, "ApiVersion": "1.45",
+                       "MinAPIVersion": "1.24", "Os": "linux"})
+
+    def _info(self, h: _Handler, q: Query) -> None:
+        self._json(h, self.info)
+
+    def _containers(self, h: _Handler, q: Query) -> None:
+        everything = q.get("all", ["0"])[0] in ("1", "true", "True")
+        self._json(h, [c for c in self.containers if everything or c["State"] == "running"])
+
+    def _images(self, h: _Handler, q: Query) -> None:
+        self._json(h, self.images)
+
+    def _prune_images(self, h: _Handler, q: Query) -> None:
+        gone = [i for i in self.images if i["RepoTags"] == ["<none>:<none>"]]
+        self.images = [i for i in self.images if i not in gone]
+        self._json(h, {"ImagesDeleted": [{"Deleted": i["Id"]} for i in gone],
+                       "SpaceReclaimed": sum(i["Size"] for i in gone)})
+
+    def _volumes(self, h: _Handler, q: Query) -> None:
+        self._json(h, {"Volumes": self.volumes, "Warnings": None})
+
+    def _prune_volumes(self, h: _Handler, q: Query) -> None:
+        gone, self.volumes = self.volumes, []
+        self._json(h, {"VolumesDeleted": [v["Name"] for v in gone], "SpaceReclaimed": 4096})
+
+    def _events(self, h: _Handler, q: Query) -> None:
+        self._stream(h, self._streams, "application/json")
+
+    _ROUTES: dict[tuple[str, str], Callable[[FakeDockerAPI, _Handler, Query], None]] = {
+        ("GET", "/_ping"): _ping,
+        ("GET", "/version"): _version,
+        ("GET", "/info"): _info,
+        ("GET", "/containers/json"): _containers,
+        ("GET", "/images/json"): _images,
+        ("POST", "/images/prune"): _prune_images,
+        ("GET", "/volumes"): _volumes,
+        ("POST", "/volumes/prune"): _prune_volumes,
+        ("GET", "/events"): _events,
+    }
+
+    def _container(self, h: _Handler, method: str, ref: str, action: str | None) -> bool:
+        """/containers/{ref}[/{action}]; False if no route takes (method, action)."""
+        c = self._find(ref)
+        if c is None:
+            self._json(h, {"message": f"No such container: {ref}"}, 404)
+            return True
+        route = self._CONTAINER_ROUTES.get((method, action))
+        if route is None:
+            return False
+        route(self, h, c)
+        return True
+
+    def _inspect(self, h: _Handler, c: dict[str, Any]) -> None:
+        self._json(h, {"Id": c["Id"], "Name": c["Names"][0],
+                       "Config": {"Tty": False, "Env": ["SECRET=x"]}})
+
+    def _logs_of(self, h: _Handler, c: dict[str, Any]) -> None:
+        self._stream(h, self._logs.setdefault(c["Id"], []), "application/vnd.docker.raw-stream")
+
+    def _start(self, h: _Handler, c: dict[str, Any]) -> None:
+        c["State"], c["Status"] = "running", "Up Less than a second"
+        self._send(h, 204, b"")
+
+    def _stop(self, h: _Handler, c: dict[str, Any]) -> None:
+        c["State"], c["Status"] = "exited", "Exited (0) Less than a second ago"
+        self._send(h, 204, b"")
+
+    def _remove(self, h: _Handler, c: dict[str, Any]) -> None:
+        self.containers.remove(c)
+        self._send(h, 204, b"")
+
+    _CONTAINER_ROUTES: dict[tuple[str, str | None],
+                            Callable[[FakeDockerAPI, _Handler, dict[str, Any]], None]] = {
+        ("GET", "json"): _inspect,
+        ("GET", "logs"): _logs_of,
+        ("POST", "start"): _start,
+        ("POST", "restart"): _start,
+        ("POST", "stop"): _stop,
+        ("DELETE", None): _remove,
+    }
+
+    def _delete_image(self, h: _Handler, ref: str) -> None:
+        self.images = [i for i in self.images if i["Id"] != ref]
+        self._json(h, [{"Deleted": ref}])
+
+    def _delete_volume(self, h: _Handler, name: str) -> None:
+        self.volumes = [v for v in self.volumes if v["Name"] != name]
+        self._send(h, 204, b"")
+
+    @staticmethod
+    def _send(h: _Handler, code: int, body: bytes, ctype: str = "application/json") -> None:
+        h.send_response(code)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Api-Version", "1.45")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+
+    def _json(self, h: _Handler, data: Any, code: int = 200) -> None:
+        self._send(h, code, json.dumps(data).encode())
+
+    @staticmethod
+    def _client_gone(conn: socket.socket) -> bool:
+        readable, _, _ = select.select([conn], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return conn.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _stream(self, h: _Handler, registry: list[queue.Queue[bytes | None]],
+                ctype: str) -> None:
+        q: queue.Queue[bytes | None] = queue.Queue()
+        with self._lock:
+            registry.append(q)
+        h.send_response(200)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.wfile.flush()
+        try:
+            while True:
+                try:
+                    item = q.get(timeout=0.05)
+                except queue.Empty:
+                    if self._client_gone(h.connection):
+                        break
+                    continue
+                if item is None:
+                    h.wfile.write(b"0\r\n\r\n")
+                    break
+                h.wfile.write(f"{len(item):x}\r\n".encode() + item + b"\r\n")
+                h.wfile.flush()
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                if q in registry:
+                    registry.remove(q)
+            h.close_connection = True

@@ -1,0 +1,1 @@
+"""Unit tests: no VM; mirrors the packages (host, guest, tray, image)."""

@@ -1,0 +1,1 @@
+"""Unit tests of the agent inside the VM (guest_engine/)."""

@@ -1,0 +1,91 @@
+"""The data disk's watcher: a level event only when the level changes, and a trim once
+freed space has settled (the qcow2 file on the host shrinks by as much)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from guest_engine import diskwatch
+from guest_engine.diskwatch import GIB, MIB, DiskWatcher, level
+
+
+class Disk:
+    """statvfs of a filesystem of `size` bytes with `free` bytes free (4 KiB blocks)."""
+
+    def __init__(self, size: int, free: int) -> None:
+        self.size, self.free = size, free
+
+    def statvfs(self, path: str) -> os.statvfs_result:
+        blocks, avail = self.size // 4096, self.free // 4096
+        return os.statvfs_result((4096, 4096, blocks, avail, avail, 0, 0, 0, 0, 255))
+
+
+def _watcher(disk: Disk) -> tuple[DiskWatcher, list[dict[str, Any]], list[int]]:
+    events: list[dict[str, Any]] = []
+    trims: list[int] = []
+
+    def trim() -> str:
+        trims.append(disk.free)
+        return "trimmed"
+
+    return DiskWatcher("/mnt/data", events.append, trim, statvfs=disk.statvfs), events, trims
+
+
+def test_levels() -> None:
+    assert level(64 * GIB, 30 * GIB) == "ok"
+    assert level(64 * GIB, 5 * GIB) == "low"  # under a tenth
+    assert level(64 * GIB, 500 * MIB) == "full"  # under a hundredth
+    assert level(8 * GIB, 900 * MIB) == "low"  # under 1 GiB on a small disk
+    assert level(8 * GIB, 200 * MIB) == "full"  # under 256 MiB
+    assert level(8 * GIB, 0) == "full"
+
+
+def test_an_event_at_start_and_at_each_change_of_level_only() -> None:
+    disk = Disk(8 * GIB, 6 * GIB)
+    w, events, _ = _watcher(disk)
+    w.check()
+    disk.free = 5 * GIB
+    w.check()  # still ok: nothing said
+    disk.free = 100 * MIB
+    w.check()
+    disk.free = 90 * MIB
+    w.check()
+    disk.free = 7 * GIB
+    w.check()
+    assert [(e["event"], e["level"]) for e in events] == [
+        ("disk", "ok"), ("disk", "full"), ("disk", "ok")]
+    assert events[1]["free"] == 100 * MIB and events[1]["size"] == 8 * GIB
+
+
+def test_freed_space_is_trimmed_once_it_has_settled() -> None:
+    disk = Disk(8 * GIB, 1 * GIB)
+    w, _, trims = _watcher(disk)
+    w.check()  # the mark: 1 GiB free
+    disk.free = 1 * GIB + 100 * MIB
+    w.check()  # too little freed
+    disk.free = 5 * GIB
+    w.check()  # freed just now (an image deleted): wait one check
+    assert trims == []
+    disk.free = 5 * GIB + 10 * MIB
+    w.check()
+    assert trims == [5 * GIB + 10 * MIB]
+    w.check()
+    w.check()  # nothing freed since that trim: no other
+    assert len(trims) == 1
+    disk.free = 2 * GIB  # space taken again: the mark follows it down
+    w.check()
+    disk.free = 3 * GIB
+    w.check()
+    w.check()
+    assert trims == [5 * GIB + 10 * MIB, 3 * GIB]
+
+
+def test_a_statvfs_error_is_logged_not_raised() -> None:
+    def broken(path: str) -> os.statvfs_result:
+        raise OSError(5, "Input/output error")
+
+    w = DiskWatcher("/mnt/data", lambda e: None, lambda: "", statvfs=broken)
+    w.check()
+    assert w.last == {}
+    assert diskwatch.INTERVAL > 0

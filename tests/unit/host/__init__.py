@@ -1,0 +1,1 @@
+"""Unit tests of the host side (desktop/, minus the tray; benchmarks/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of the VM image builder (vm_image/)."""

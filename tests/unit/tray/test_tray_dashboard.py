@@ -1,0 +1,214 @@
+"""The Dashboard window against a fake backend and a fake engine (the Docker API on a
+unix socket, driven through the real Docker SDK)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+from pytestqt.qtbot import QtBot  # noqa: E402
+
+from desktop.instance import Instance  # noqa: E402
+from desktop.tray.controller import TrayController  # noqa: E402
+from desktop.tray.dashboard import Dashboard  # noqa: E402
+from tests.helpers.tray_fakes import FakeBackend, FakeDockerAPI  # noqa: E402
+
+WEB, DB, JOB = "c1" * 32, "c2" * 32, "c3" * 32
+
+
+class Env:
+    def __init__(self, tmp_path: Path, qtbot: QtBot) -> None:
+        self.inst = Instance("t", home=tmp_path / "h")
+        self.backend = FakeBackend(self.inst)
+        self.engine = FakeDockerAPI(self.inst.docker_socket)
+        self.controller = TrayController(self.inst, spawn=lambda i: None)
+        self.urls: list[str] = []
+        self.terminals: list[tuple[str, str]] = []
+        self.questions: list[str] = []
+        self.answer = True
+        self.dash = Dashboard(self.controller, open_url=lambda u: self.urls.append(u.toString()),
+                              open_terminal=lambda *a: self.terminals.append(a),
+                              confirm=self._confirm)
+        qtbot.addWidget(self.dash)
+        self.qtbot = qtbot
+        self.controller.start_following()
+        qtbot.waitUntil(lambda: len(self.dash.containers) == 3, timeout=5000)
+
+    def _confirm(self, q: str) -> bool:
+        self.questions.append(q)
+        return self.answer
+
+    def names(self) -> list[str]:
+        t = self.dash.container_table
+        return [t.item(i, 0).text() for i in range(t.rowCount())]
+
+    def state_of(self, name: str) -> str:
+        t = self.dash.container_table
+        return next(t.item(i, 2).text() for i in range(t.rowCount())
+                    if t.item(i, 0).text() == name)
+
+    def calls(self, method: str, path: str) -> int:
+        return self.engine.calls.count((method, path))
+
+    def close(self) -> None:
+        self.dash.close()
+        self.controller.close()
+        self.engine.close()
+        self.backend.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, qtbot: QtBot) -> Iterator[Env]:
+    e = Env(tmp_path, qtbot)
+    yield e
+    e.close()
+
+
+def test_lists_containers_images_volumes(env: Env) -> None:
+    assert env.names() == ["db", "web", "job"]  # running first, then by name
+    t = env.dash.container_table
+    assert [t.item(1, c).text() for c in (0, 1, 2)] == ["web", "nginx:1.27", "Up 2 minutes"]
+    assert t.item(1, 4).text()  # created
+    ports = t.cellWidget(1, 3).text()
+    assert ports == '5353→53/udp, <a href="http://localhost:8080/">8080→80</a>'
+    it = env.dash.image_table
+    assert [it.item(0, c).text() for c in range(4)][:3] == ["nginx:1.27", "a" * 12, "187.0 MB"]
+    assert it.item(1, 0).text() == "<untagged>"
+    assert env.dash.volume_table.item(0, 0).text() == "pgdata"
+    assert env.dash.banner.text() == "Cove is running — 2 containers"
+
+
+def test_port_link_opens_the_browser(env: Env) -> None:
+    label = env.dash.container_table.cellWidget(1, 3)
+    label.linkActivated.emit("http://localhost:8080/")
+    assert env.urls == ["http://localhost:8080/"]
+
+
+def test_start_stop_restart_delete(env: Env) -> None:
+    env.dash.select_container("job")
+    b = env.dash.container_buttons
+    assert b["Start"].isEnabled() and not b["Stop"].isEnabled()
+    assert not b["Terminal"].isEnabled()
+    b["Start"].click()
+    env.qtbot.waitUntil(lambda: env.state_of("job") == "Up Less than a second", timeout=5000)
+    assert env.calls("POST", f"/containers/{JOB}/start") == 1
+
+    env.dash.select_container("web")
+    b["Stop"].click()
+    env.qtbot.waitUntil(lambda: env.state_of("web").startswith("Exited"), timeout=5000)
+    assert env.calls("POST", f"/containers/{WEB}/stop") == 1
+
+    env.dash.select_container("db")
+    b["Restart"].click()
+    env.qtbot.waitUntil(lambda: env.calls("POST", f"/containers/{DB}/restart") == 1,
+                        timeout=5000)
+
+    env.dash.select_container("db")  # running: deleting asks first
+    env.answer = False
+    b["Delete"].click()
+    assert env.questions == ["Delete db? It is running; it will be stopped first."]
+    env.qtbot.wait(100)
+    assert env.calls("DELETE", f"/containers/{DB}") == 0
+    env.answer = True
+    b["Delete"].click()
+    env.qtbot.waitUntil(lambda: "db" not in env.names(), timeout=5000)
+    assert env.calls("DELETE", f"/containers/{DB}") == 1
+    assert "Deleted db" in env.dash.statusBar().currentMessage()
+
+
+def test_engine_errors_go_to_the_status_bar(env: Env) -> None:
+    env.dash.select_container("web")
+    env.engine.containers = [c for c in env.engine.containers if c["Id"] != WEB]
+    env.dash.container_buttons["Stop"].click()
+    env.qtbot.waitUntil(lambda: "No such container" in env.dash.statusBar().currentMessage(),
+                        timeout=5000)
+
+
+def test_log_view_follows_the_selected_container(env: Env) -> None:
+    env.dash.select_container("web")
+    env.qtbot.waitUntil(lambda: env.engine.log_followers(WEB) == 1, timeout=5000)
+    env.engine.log(WEB, "GET / 200")
+    env.engine.log(WEB, "GET /favicon.ico 404")
+    env.qtbot.waitUntil(lambda: env.dash.log_view.toPlainText() ==
+                        "GET / 200\nGET /favicon.ico 404", timeout=5000)
+    env.dash.select_container("db")  # the old stream ends, the new one starts
+    env.qtbot.waitUntil(lambda: env.engine.log_followers(WEB) == 0, timeout=5000)
+    env.qtbot.waitUntil(lambda: env.engine.log_followers(DB) == 1, timeout=5000)
+    assert env.dash.log_view.toPlainText() == ""
+    env.engine.log(DB, "ready to accept connections")
+    env.qtbot.waitUntil(lambda: "ready to accept" in env.dash.log_view.toPlainText(),
+                        timeout=5000)
+
+
+def test_terminal_runs_docker_exec_on_coves_socket(env: Env) -> None:
+    env.dash.select_container("web")
+    env.dash.container_buttons["Terminal"].click()
+    assert env.terminals == [("web", f"unix://{env.inst.docker_socket}")]
+
+
+def test_refreshes_on_docker_events(env: Env) -> None:
+    env.qtbot.waitUntil(lambda: env.engine.event_streams() == 1, timeout=5000)
+    env.engine.containers.append({**env.engine.containers[0], "Id": "c4" * 32,
+                                  "Names": ["/cache"], "Image": "redis:7"})
+    env.engine.event("container", "create", name="cache")
+    env.qtbot.waitUntil(lambda: "cache" in env.names(), timeout=5000)
+
+
+def test_images_delete_and_prune(env: Env) -> None:
+    d = env.dash
+    d.image_table.selectRow(0)
+    d.image_buttons["Delete"].click()
+    assert env.questions[-1] == "Delete the image nginx:1.27?"
+    env.qtbot.waitUntil(lambda: d.image_table.rowCount() == 1, timeout=5000)
+    assert env.calls("DELETE", "/images/sha256:" + "a" * 64) == 1
+    d.image_buttons["Prune unused"].click()
+    env.qtbot.waitUntil(lambda: d.image_table.rowCount() == 0, timeout=5000)
+    assert env.calls("POST", "/images/prune") == 1
+    assert d.statusBar().currentMessage() == "Pruned images: 5.0 MB freed"
+
+
+def test_volumes_delete_and_prune(env: Env) -> None:
+    d = env.dash
+    env.answer = False
+    d.volume_table.selectRow(0)
+    d.volume_buttons["Delete"].click()
+    assert env.questions == ["Delete the volume pgdata and its data?"]
+    env.answer = True
+    d.volume_buttons["Delete"].click()
+    env.qtbot.waitUntil(lambda: d.volume_table.rowCount() == 0, timeout=5000)
+    assert env.calls("DELETE", "/volumes/pgdata") == 1
+    d.volume_buttons["Prune unused"].click()
+    env.qtbot.waitUntil(lambda: env.calls("POST", "/volumes/prune") == 1, timeout=5000)
+
+
+def test_stopping_cove_empties_the_dashboard(env: Env) -> None:
+    env.backend.stop_now()
+    env.qtbot.waitUntil(lambda: env.dash.container_table.rowCount() == 0, timeout=5000)
+    assert env.dash.banner.text() == "Cove is stopped"
+    assert not env.dash.tabs.isEnabled()
+
+
+# -- the engine's address -----------------------------------------------------------------
+
+
+def test_docker_service_on_a_named_pipe_needs_no_socket_file(tmp_path: Path) -> None:
+    from desktop.tray.docker_service import DockerService
+
+    urls: list[str] = []
+    svc = DockerService(tmp_path / "absent.sock",
+                        client_factory=lambda url: urls.append(url) or object(),
+                        base_url="npipe:////./pipe/cove_engine")
+    assert svc.client is not None
+    assert urls == ["npipe:////./pipe/cove_engine"]
+
+
+def test_docker_service_on_a_missing_unix_socket_says_start_cove(tmp_path: Path) -> None:
+    from desktop.tray.docker_service import DockerError, DockerService
+
+    svc = DockerService(tmp_path / "absent.sock", client_factory=lambda url: object())
+    with pytest.raises(DockerError, match="start Cove first"):
+        svc.client  # noqa: B018 - the property connects
