@@ -12,7 +12,7 @@ APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap squashfs-t
 	busybox-static ca-certificates iproute2 python3-venv docker-registry \
 	xvfb xauth libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \
-	libxcb-xinerama0 libxcb-image0 libdbus-1-3 libfontconfig1
+	libxcb-xinerama0 libxcb-image0 libdbus-1-3 libfontconfig1 dbus-daemon
 
 .PHONY: run test deps venv image images lint typecheck unit integration ui bench clean screenshots \
 	package fuzz
@@ -33,7 +33,8 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@command -v docker >/dev/null || sh installers/linux/install-docker-cli.sh
-	@docker compose version >/dev/null 2>&1 || sh installers/linux/install-compose.sh
+	@docker compose version >/dev/null 2>&1 || sh installers/linux/install-cli-plugins.sh compose
+	@docker buildx version >/dev/null 2>&1 || sh installers/linux/install-cli-plugins.sh buildx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -5,10 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import api, boot, bulk, common, faults, footprint, ports, shares, tray
+from benchmarks import (
+    api,
+    boot,
+    bulk,
+    common,
+    faults,
+    filewatch,
+    footprint,
+    ports,
+    rest,
+    shares,
+    tray,
+)
 
 SUITES = {"boot": boot.run, "api": api.run, "bulk": bulk.run, "footprint": footprint.run,
-          "ports": ports.run, "faults": faults.run,
+          "ports": ports.run, "faults": faults.run, "filewatch": filewatch.run,
+          "rest": rest.run,
           "shares": shares.run, "tray": tray.run}
 
 

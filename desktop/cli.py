@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,12 @@ from desktop.control import ControlError
 from desktop.instance import DEFAULT_INSTANCE, Instance
 from desktop.settings import (
     GIB,
+    MAX_RESOURCE_SAVER_MINUTES,
     MIB,
     SHARE_TRANSPORTS,
     Settings,
     SettingsError,
+    check_resource_saver,
     parse_shares,
     parse_size,
 )
@@ -38,6 +42,8 @@ from desktop.status import (
     is_up,
     step_text,
 )
+
+log = logging.getLogger(__name__)
 
 
 class CliError(Exception):
@@ -73,7 +79,8 @@ def _apply_flags(inst: Instance, args: argparse.Namespace) -> bool:
 
 
 def _any_flag(args: argparse.Namespace) -> bool:
-    return any(getattr(args, n, None) is not None for n in ("arch", "cpus", "memory", "disk"))
+    return any(getattr(args, n, None) is not None
+               for n in ("arch", "cpus", "memory", "disk", "resource_saver"))
 
 
 def _fold_flags(inst: Instance, settings: Settings, args: argparse.Namespace) -> None:
@@ -89,6 +96,8 @@ def _fold_flags(inst: Instance, settings: Settings, args: argparse.Namespace) ->
         settings.arch = arch
     if args.cpus is not None:
         settings.cpus = args.cpus
+    if getattr(args, "resource_saver", None) is not None:
+        settings.resource_saver_minutes = check_resource_saver(args.resource_saver)
     if args.memory is not None:
         settings.memory_mib = parse_size(args.memory, "--memory", GIB) // MIB
     if args.disk is not None:
@@ -129,7 +138,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     changed = _apply_flags(inst, args)  # validates before anything is written
     lifecycle.set_activation(inst, not args.no_activate)
     if lifecycle.is_running(inst):
-        st = lifecycle.client(inst).status()
+        client = lifecycle.client(inst)
+        if getattr(args, "resource_saver", None) is not None:
+            client.request("resource_saver", minutes=args.resource_saver)  # applies now
+            changed = _any_flag(argparse.Namespace(**{**vars(args), "resource_saver": None}))
+        st = client.status()
         msg = f"Cove ({inst.name}) is already {st['state']}"
         if changed:
             msg += "; the new settings apply after `cove restart`"
@@ -189,6 +202,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("context", st["context"]), ("cpus", st["cpus"]),
             ("memory", f"{st['memory'] / GIB:.1f} GiB"), ("disk", f"{st['disk'] / GIB:.0f} GiB"),
             ("accel", st.get("accel") or "-"), ("uptime", f"{st.get('uptime', 0):.0f} s")]
+    if (saver := st.get("resource_saver")) is not None:
+        minutes = saver.get("minutes", 0)
+        rows.append(("saver", "off" if not minutes else
+                     f"rests after {minutes:g} idle min"
+                     + (" (resting now)" if saver.get("resting") else "")))
     for k, v in rows:
         print(f"  {k + ':':8} {v}")
     disk = st.get("data_disk") or {}
@@ -477,12 +495,48 @@ def _follow(path: Path) -> None:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from desktop import ssh
-
     inst = _instance(args)
     st = lifecycle.status_of(inst)
     if not is_up(st["state"]):  # degraded too: when a shell is needed most
         raise CliError(f"Cove ({inst.name}) is {st['state']}; start it with `cove start`")
+    # SSH reaches the VM without the backend: wake it, and keep it awake while the shell
+    # is open (the Resource Saver would pause it under the user's feet).
+    awake = _KeepAwake(inst)
+    try:
+        return _shell(inst, st, args)
+    finally:
+        awake.close()
+
+
+class _KeepAwake:
+    """Tells the backend every few seconds that the VM is in use (`wake`)."""
+
+    EVERY = 20.0
+
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+        self._stop = threading.Event()
+        self._wake()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="keep-awake")
+        self._thread.start()
+
+    def _wake(self) -> None:
+        try:
+            lifecycle.client(self.inst).request("wake")
+        except (ControlError, OSError) as e:
+            log.debug("wake: %s", e)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.EVERY):
+            self._wake()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _shell(inst: Instance, st: Any, args: argparse.Namespace) -> int:
+    from desktop import ssh
+
     try:
         if args.cmd:
             import shlex
@@ -582,10 +636,21 @@ def build_parser() -> argparse.ArgumentParser:
             raise argparse.ArgumentTypeError(f"{n} is too few; use at least 1")
         return n
 
+    def minutes(v: str) -> float:
+        try:
+            return check_resource_saver(float(v))
+        except (ValueError, SettingsError) as e:
+            raise argparse.ArgumentTypeError(
+                f"{v!r}: a number of minutes from 0 (never) to "
+                f"{MAX_RESOURCE_SAVER_MINUTES}") from e
+
     s = add("start", cmd_start, "start Cove (boots the VM and the engine)")
     s.add_argument("--cpus", type=positive_int, help="virtual CPUs")
     s.add_argument("--memory", help="memory, e.g. 4G or 2048M")
     s.add_argument("--disk", help="data disk size, e.g. 64G (grow only)")
+    s.add_argument("--resource-saver", type=minutes, metavar="MINUTES",
+                   help="pause the idle VM after MINUTES with no container running and no "
+                        "client (0: never; default 5); applies at once")
     s.add_argument("--arch", choices=["amd64", "arm64"],
                    help="the VM's architecture, for a new instance (default: this host's)")
     s.add_argument("--no-activate", action="store_true",

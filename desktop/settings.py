@@ -165,6 +165,19 @@ def parse_size(value: str | int, what: str, unit: int = MIB) -> int:
     return int(number * mult)
 
 
+MAX_RESOURCE_SAVER_MINUTES = 1440
+
+
+def check_resource_saver(minutes: Any) -> float:
+    """The Resource Saver's idle minutes, checked; SettingsError names the fix."""
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or \
+            not 0 <= minutes <= MAX_RESOURCE_SAVER_MINUTES or minutes != minutes:
+        raise SettingsError(
+            f"resource_saver_minutes: {minutes!r} must be a number of minutes from 0 (never "
+            f"rest) to {MAX_RESOURCE_SAVER_MINUTES}, e.g. 5")
+    return float(minutes)
+
+
 @dataclass
 class Settings:
     cpus: int = field(default_factory=default_cpus)
@@ -182,6 +195,9 @@ class Settings:
     # loopback (databases, dev servers). False: containers reach none of them; published
     # ports, the internet and the host's other addresses work as before.
     containers_reach_host_loopback: bool = True
+    # Resource Saver: after this many idle minutes (no running container, no client
+    # connection open or opened) the VM's vCPUs are paused until the next use; 0: never.
+    resource_saver_minutes: float = 5
 
     def validate(self) -> None:
         if not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1:
@@ -211,6 +227,7 @@ class Settings:
             raise SettingsError("docker_engine_pipe: must be true or false")
         if not isinstance(self.containers_reach_host_loopback, bool):
             raise SettingsError("containers_reach_host_loopback: must be true or false")
+        check_resource_saver(self.resource_saver_minutes)
         parse_shares(self.shares)
 
     def to_json(self) -> dict[str, Any]:

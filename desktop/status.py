@@ -5,6 +5,7 @@ instead of spelling the strings; the wire format (JSON lines of the control API,
 docs/protocol.md) carries their values unchanged::
 
     stopped -> starting -> running <-> degraded -> stopping -> stopped
+                      |     running <-> resting (idle: the vCPUs paused; a use wakes it)
                       \\-> error (with a reason) -> stopped
 """
 
@@ -21,11 +22,12 @@ class State(StrEnum):
     STARTING = "starting"  # booting; the event's `step` says which `Step`
     RUNNING = "running"  # the engine answers through the forwarded socket
     DEGRADED = "degraded"  # up, but the engine restarts or the guest link dropped
+    RESTING = "resting"  # idle: the VM's vCPUs are paused until the next use wakes them
     STOPPING = "stopping"  # shutting the VM down politely
     ERROR = "error"  # the start failed or the VM died; `reason` says why
 
 
-UP = frozenset({State.RUNNING, State.DEGRADED})
+UP = frozenset({State.RUNNING, State.DEGRADED, State.RESTING})
 BUSY = frozenset({State.STARTING, State.STOPPING})
 
 
@@ -50,6 +52,7 @@ class EventKind(StrEnum):
     CONTEXT_NOT_SET = "context_not_set"  # docker's config.json unreadable: message
     ORPHAN_STOPPED = "orphan_stopped"  # a VM whose backend died was stopped: pid, message
     DATA_DISK = "data_disk"  # the data disk's fill level changed: level, size, free, message
+    HOST_POWER = "host_power"  # the platform said the host sleeps or woke: power, slept
 
 
 class PortState:
@@ -136,6 +139,8 @@ class Status(TypedDict, total=False):
     docker_engine: dict[str, Any]
     orphan_pid: int  # stopped: a VM of this instance still runs without its backend
     data_disk: dict[str, Any]  # the guest's last reading: size, free (bytes), level
+    # minutes (0: off), resting, wakes, open_connections, idle_seconds
+    resource_saver: dict[str, Any]
 
 
 DISK_LEVELS = ("ok", "low", "full")  # the guest's words for the data disk's fill

@@ -67,6 +67,8 @@ class Agent:
         self.disk = DiskWatcher(str(boot.paths.DATA_MOUNT), self.link.broadcast,
                                 boot.disk.fstrim)
         self.time_adjustments = 0
+        self._time_lock = threading.Lock()
+        self._time_mono: int | None = None  # the host's monotonic ns of the last push
         # The control channel's ops (docs/protocol.md): op name -> handler. A handler
         # returns the reply's result or raises OpError; `handle` frames both.
         self.ops: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -135,7 +137,8 @@ class Agent:
         return self.status()
 
     def _op_set_time(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self.set_time(int(req["ns"]))
+        mono = req.get("mono")
+        return self.set_time(int(req["ns"]), int(mono) if mono is not None else None)
 
     def _op_engine_config(self, req: dict[str, Any]) -> str:
         ok, message = self.engine.apply_config(req.get("config"))
@@ -272,13 +275,25 @@ class Agent:
         if not any(sh.get("pending") for sh in self.info.shares):
             self.shares_ready.set()
 
-    def set_time(self, ns: int) -> dict[str, Any]:
-        drift = ns - time.clock_gettime_ns(time.CLOCK_REALTIME)
-        adjusted = abs(drift) > TIME_DRIFT_NS
-        if adjusted:
-            time.clock_settime_ns(time.CLOCK_REALTIME, ns)
-            self.time_adjustments += 1
-            log.info("clock corrected by %.3f s", drift / 1e9)
+    def set_time(self, ns: int, mono: int | None = None) -> dict[str, Any]:
+        """Set the clock to the host's `ns`, taken at the host's monotonic `mono`.
+
+        Requests are handled on threads of their own, and after a pause of the VM the
+        pushes queued meanwhile arrive together: one taken earlier than one already
+        applied (a smaller `mono`) is stale and ignored, or it would step the clock
+        back. Reading and setting the clock happen under one lock for the same reason.
+        """
+        with self._time_lock:
+            if mono is not None and self._time_mono is not None and mono <= self._time_mono:
+                return {"adjusted": False, "stale": True, "drift_ms": 0.0}
+            if mono is not None:
+                self._time_mono = mono
+            drift = ns - time.clock_gettime_ns(time.CLOCK_REALTIME)
+            adjusted = abs(drift) > TIME_DRIFT_NS
+            if adjusted:
+                time.clock_settime_ns(time.CLOCK_REALTIME, ns)
+                self.time_adjustments += 1
+                log.info("clock corrected by %.3f s", drift / 1e9)
         return {"adjusted": adjusted, "drift_ms": round(drift / 1e6, 3)}
 
     # -- lifecycle -------------------------------------------------------------------

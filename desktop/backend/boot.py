@@ -67,6 +67,7 @@ class Boot:
         b.set_state(State.RUNNING, engine_version=b.engine_version,
                     seconds=round(b.running_at - (b.started_at or 0), 1))
         b.health.start()
+        b.saver.enable(True)
 
     def reclaim_orphan(self) -> None:
         """A VM of this instance that outlived its backend (killed) is stopped politely
@@ -220,7 +221,8 @@ class Boot:
             return link.open(op, port)
 
         b.forwarder = PortForwarder(open_stream, b.events.emit,
-                                    expose_all=b.settings.expose_ports_on_all_interfaces)
+                                    expose_all=b.settings.expose_ports_on_all_interfaces,
+                                    use=b.saver.use)
         b.forwarder.reset(b.guest_ports)
 
     def activate_context(self) -> None:

@@ -43,12 +43,18 @@ class HostClock:
         """Set the guest's clock now (when the agent is connected)."""
         if channel is None or not channel.connected.is_set():
             return
+        # Both clocks as they were when the time was taken: a jump while the request is
+        # on its way is then seen at the next tick, not hidden until the next schedule.
+        # `mono` (the host's monotonic clock, shared by every process of the host) lets
+        # the agent drop a push that arrives after a later one: pushes queued while the
+        # VM was paused arrive together and are handled on threads of their own.
+        ns, mono = self.host_time_ns(), time.monotonic_ns()
         try:
-            channel.request("set_time", ns=self.host_time_ns(), timeout=5)
+            channel.request("set_time", ns=ns, mono=mono, timeout=5)
         except LinkError as e:
             log.debug("time push failed: %s", e)
-        self._last_push = time.monotonic()
-        self._last_wall = self.host_time_ns() / 1e9
+        self._last_push = mono / 1e9
+        self._last_wall = ns / 1e9
 
     def maybe_push(self, channel: ControlChannel | None) -> None:
         """Every TIME_PUSH_INTERVAL, and at once when the wall clock jumped."""

@@ -27,6 +27,7 @@ from desktop.backend.clock import HostClock
 from desktop.backend.engine_socket import EngineSocket
 from desktop.backend.events import EventLog
 from desktop.backend.health import EngineHealth
+from desktop.backend.rest import ResourceSaver
 from desktop.backend.shares import BootShares
 from desktop.control import ControlError
 from desktop.control.server import ControlServer, Op
@@ -35,7 +36,7 @@ from desktop.instance import Instance
 from desktop.link import AgentError, Link, LinkError
 from desktop.link.channel import ControlChannel
 from desktop.link.tcp import TcpLink
-from desktop.platform import endpoints, sockets
+from desktop.platform import endpoints, power, sockets
 from desktop.platform.endpoints import Listener
 from desktop.platform.locks import FileLock, LockHeld
 from desktop.platform.sockets import (
@@ -46,7 +47,7 @@ from desktop.platform.sockets import (
 )
 from desktop.services import apiguard, portfwd
 from desktop.services.portfwd import PortForwarder
-from desktop.settings import Settings, SettingsError
+from desktop.settings import Settings, SettingsError, check_resource_saver
 from desktop.status import DISK_LEVELS, EventKind, State, Status, data_disk_message
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,21 @@ class Backend:
         self.guest_ports: list[dict[str, Any]] = []
         self.forwarder: PortForwarder | None = None
         self.clock = HostClock()
+        self.power: power.PowerWatch | None = None  # the host's sleep and wake signal
+        self.host_asleep_at: float | None = None  # wall clock, while the host sleeps
         self.health = EngineHealth(self._ping_engine, self._on_health)
+        self.saver = ResourceSaver(self._pause_vm, self._resume_vm, self._running_containers,
+                                   self._rested, self._woke,
+                                   minutes=self.settings.resource_saver_minutes)
+        self.saver.enable(False)  # until the engine runs
+        self.health.paused = lambda: self.saver.resting
         # Why the state is degraded ("engine", "link" or "health"): each cause clears
         # only its own.
         self._degraded_by = ""
         self.boot_shares = BootShares(instance, self.events.emit)
         check = apiguard.make_check(self.boot_shares.mounted,
                                     lambda s: self.boot_shares.watch_binds(s, self._channel))
-        self.engine_socket = EngineSocket(instance, lambda: self.link, check)
+        self.engine_socket = EngineSocket(instance, lambda: self.link, check, self.saver.use)
         self._stop = threading.Event()
         self._stop_reason = ""
         self._failed = False
@@ -145,6 +153,7 @@ class Backend:
             "shares_pending": self.shares_pending(),
             "docker_engine": self.engine_socket.status(),
             "data_disk": dict(self.data_disk),
+            "resource_saver": self.saver.status(),
         }
 
     def shares_pending(self) -> bool:
@@ -159,7 +168,9 @@ class Backend:
         return self.driver is not None and self.driver.status() == "running"
 
     def _channel(self) -> ControlChannel | None:
-        return self.channel
+        """The agent's channel for change notifications; none while the VM rests (no
+        container runs then to watch the files)."""
+        return None if self.saver.resting else self.channel
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -202,6 +213,7 @@ class Backend:
                 if sig is not None:  # Windows has no SIGHUP
                     signal.signal(sig, lambda *_: self.request_stop("signal"))
             self.started_at = time.time()
+            self.power = power.watch(self.on_host_sleep, self.on_host_wake)
             try:
                 Boot(self).run()
             except (StartError, DriverError, SettingsError, NotASocketError,
@@ -210,7 +222,11 @@ class Backend:
                 code = 1
                 self._stop.set()
             while not self._stop.wait(1.0):
+                if self.saver.resting:
+                    continue
                 self.clock.maybe_push(self.channel)
+                if self.state == State.RUNNING:
+                    self.saver.tick()
         finally:
             self._shutdown()
             self._release()
@@ -267,7 +283,11 @@ class Backend:
 
     def _shutdown(self) -> None:
         """Agent shutdown, then ACPI powerdown, quit, kill: each with a timeout."""
+        self.saver.wake("stop")  # the agent stops the containers and unmounts the disk
+        self.saver.enable(False)
         self.health.stop()
+        if self.power is not None:
+            self.power.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self.boot_shares.close()
@@ -363,6 +383,60 @@ class Backend:
         log.info("the VM resumed after a pause; setting its clock")
         self.clock.push(self.channel)
 
+    def on_host_sleep(self) -> None:
+        """The platform says the host goes to sleep (the VM stops with it)."""
+        self.host_asleep_at = time.time()
+        self.events.emit(EventKind.HOST_POWER, power="sleep")
+
+    def on_host_wake(self) -> None:
+        """The platform says the host woke: the guest's clock stood still while it slept,
+        and whether the engine answers is asked now, not at the next check."""
+        slept = time.time() - self.host_asleep_at if self.host_asleep_at else None
+        self.host_asleep_at = None
+        self.events.emit(EventKind.HOST_POWER, power="wake",
+                         slept=round(slept, 1) if slept is not None else None)
+        threading.Thread(target=self.clock.push, args=(self.channel,), daemon=True,
+                         name="wake-clock").start()
+        self.health.check_soon()
+
+    # -- Resource Saver ----------------------------------------------------------------
+
+    def _pause_vm(self) -> None:
+        assert self.driver is not None
+        self.driver.pause()
+
+    def _resume_vm(self) -> None:
+        assert self.driver is not None
+        self.driver.resume()
+
+    def _running_containers(self) -> int | None:
+        link = self.link
+        return health.running_containers(link) if link is not None else None
+
+    def _rested(self, minutes: float) -> None:
+        self.set_state(State.RESTING, idle_minutes=minutes)
+
+    def _woke(self, seconds: float, why: str) -> None:
+        self.set_state(State.RUNNING, engine_version=self.engine_version, woke=why,
+                       wake_seconds=round(seconds, 3))
+        threading.Thread(target=self.clock.push, args=(self.channel,), daemon=True,
+                         name="wake-clock").start()
+
+    def _op_wake(self) -> dict[str, Any]:
+        self.saver.wake("control")
+        return self.saver.status()
+
+    def _op_resource_saver(self, minutes: Any) -> dict[str, Any]:
+        """Set the idle minutes now (0: never rest) and keep them in the settings."""
+        try:
+            value = check_resource_saver(minutes)
+        except SettingsError as e:
+            raise ControlError(str(e)) from None
+        self.saver.set_minutes(value)
+        self.settings.resource_saver_minutes = value
+        self.inst.update_settings(lambda s: setattr(s, "resource_saver_minutes", value))
+        return self.saver.status()
+
     def on_link_state(self, up: bool) -> None:
         if self._stop.is_set():
             return
@@ -424,6 +498,8 @@ class Backend:
             "ports": lambda req: self.forwarder.snapshot() if self.forwarder else [],
             "docker_engine_target": lambda req: self.engine_socket.set_docker_engine_target(
                 str(req.get("endpoint") or "")),
+            "wake": lambda req: self._op_wake(),
+            "resource_saver": lambda req: self._op_resource_saver(req.get("minutes")),
             **(self._test_ops() if os.environ.get(TEST_OPS_ENV) == "1" else {}),
         }
 
@@ -446,6 +522,7 @@ class Backend:
         return "stopping"
 
     def _agent(self) -> ControlChannel:
+        self.saver.wake("control")
         if self.channel is None or not self.channel.connected.is_set():
             raise ControlError("the guest agent is not connected")
         return self.channel

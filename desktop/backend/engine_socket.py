@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from desktop.control import ControlError
@@ -20,19 +21,30 @@ log = logging.getLogger(__name__)
 
 
 class EngineSocket:
-    """`link` gives the guest link of this boot; `check` is the docker.sock guard's."""
+    """`link` gives the guest link of this boot; `check` is the docker.sock guard's;
+    `use(why)` wraps each connection's life (the Resource Saver: it wakes the VM first
+    and learns from each request whether the connection keeps the VM awake)."""
 
     def __init__(self, inst: Instance, link: Callable[[], Link | None],
-                 check: apiguard.Check) -> None:
+                 check: apiguard.Check,
+                 use: Callable[[str], AbstractContextManager[Any]] | None = None) -> None:
         self.inst = inst
         self._link = link
         self._check = check
+        self._use = use
         # The docker_engine pipe (Windows, when Cove serves it): "" forwards to the VM,
         # else the DOCKER_HOST URL of the engine it forwards to (Windows containers).
         self.docker_engine_served = False
         self.docker_engine_target = ""
 
     def forward_docker(self, conn: Stream) -> None:
+        if self._use is None:
+            self._forward(conn, None)
+            return
+        with self._use("docker") as use:
+            self._forward(conn, use.request_seen)
+
+    def _forward(self, conn: Stream, on_request: Callable[[Any], None] | None) -> None:
         link = self._link()
         assert link is not None
         try:
@@ -41,7 +53,7 @@ class EngineSocket:
             log.warning("engine connection failed: %s", e)
             conn.close()
             return
-        apiguard.guarded_pipe(conn, up, self._check)
+        apiguard.guarded_pipe(conn, up, self._check, on_request=on_request)
 
     def forward_docker_engine(self, conn: Stream) -> None:
         """The docker_engine pipe: to the VM, or while Windows containers are active to

@@ -4,6 +4,7 @@ gone) turns the state to `degraded` with the reason, and back once it answers ag
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -19,29 +20,59 @@ TIMEOUT = 10.0  # for one answer (a busy engine under emulation is slow, not wed
 FAILURES = 3  # in a row before the engine counts as not answering
 
 PING = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n"
+RUNNING = (b'GET /containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D '
+           b'HTTP/1.0\r\nHost: docker\r\n\r\n')
+MAX_LIST = 16 * 2**20
+
+
+def _exchange(link: Link, request: bytes, timeout: float, enough: Callable[[bytes], bool],
+              limit: int) -> bytes:
+    """Send one HTTP/1.0 request to the engine through `link`; what it answered, read
+    until `enough` says so, the engine closes, or `limit` bytes. LinkError, OSError."""
+    s = link.open("docker", timeout=timeout)
+    try:
+        s.settimeout(timeout)
+        s.sendall(request)
+        data = b""
+        while not enough(data) and len(data) < limit:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        s.close()
+
+
+def running_containers(link: Link, timeout: float = TIMEOUT) -> int | None:
+    """How many containers run, as the engine says through `link`; None when it cannot
+    be asked or its answer cannot be read (the Resource Saver then keeps the VM awake)."""
+    try:
+        data = _exchange(link, RUNNING, timeout, lambda d: False, MAX_LIST)
+    except (LinkError, OSError) as e:
+        log.debug("running containers: %s", e)
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        return None
+    try:
+        listed = json.loads(body)
+    except ValueError:
+        return None
+    return len(listed) if isinstance(listed, list) else None
 
 
 def ping(link: Link, timeout: float | None = None) -> str | None:
     """None when the engine answers /_ping with 200 OK through `link`; else why not."""
     timeout = TIMEOUT if timeout is None else timeout
     try:
-        s = link.open("docker", timeout=timeout)
+        data = _exchange(link, PING, timeout, lambda d: b"\r\n" in d, 4096)
     except LinkError as e:
         return f"the guest link refused: {e}"
-    try:
-        s.settimeout(timeout)
-        s.sendall(PING)
-        data = b""
-        while b"\r\n" not in data and len(data) < 4096:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
     except OSError as e:
         return f"no answer to /_ping in {timeout:.0f} s ({e})" if isinstance(
             e, socket.timeout) else f"the engine's connection failed: {e}"
-    finally:
-        s.close()
     status = data.split(b"\r\n", 1)[0].split()
     if len(status) >= 2 and status[1] == b"200":
         return None
@@ -61,16 +92,28 @@ class EngineHealth:
         self.answered_at: float | None = None  # wall clock of the last answer
         self._failures = 0
         self._stop = threading.Event()
+        self._soon = threading.Event()
+        self.paused: Callable[[], bool] = lambda: False  # True: the VM rests; no checks
 
     def start(self) -> None:
         threading.Thread(target=self._loop, daemon=True, name="engine-health").start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._soon.set()
+
+    def check_soon(self) -> None:
+        """Check now rather than at the end of the interval (after the host woke)."""
+        self._soon.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(INTERVAL):
-            self.check_once()
+        while True:
+            self._soon.wait(INTERVAL)
+            self._soon.clear()
+            if self._stop.is_set():
+                return
+            if not self.paused():
+                self.check_once()
 
     def check_once(self) -> None:
         why = self.check()

@@ -105,6 +105,15 @@ class Driver(Protocol):
 
     def kill(self) -> None: ...
 
+    def pause(self) -> None:
+        """Stop the vCPUs, keeping the VM in memory (the Resource Saver); DriverError
+        when the hypervisor refused."""
+        ...
+
+    def resume(self) -> None:
+        """Run the vCPUs again after `pause`; DriverError when the hypervisor refused."""
+        ...
+
     def wait(self, timeout: float | None) -> bool:
         """Wait for the VM to end; True if it has (None: wait for ever)."""
         ...

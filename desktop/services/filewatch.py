@@ -21,8 +21,9 @@ The guest's chmod reaches the host file as well and raises ``IN_ATTRIB`` here. T
 that from echoing back forever, an ``IN_ATTRIB`` or ``IN_CLOSE_WRITE`` whose (mode,
 mtime, size) equals what was last reported for that path is dropped.
 
-`make_watcher` picks the implementation once: `InotifyWatcher` on Linux, otherwise
-`PollingWatcher`, which stats the watched trees every second.
+`make_watcher` picks the implementation once: `InotifyWatcher` on Linux,
+`WatchdogWatcher` (FSEvents, ReadDirectoryChangesW) on macOS and Windows, and
+`PollingWatcher`, which stats the watched trees every second, where neither can be had.
 """
 
 from __future__ import annotations
@@ -104,8 +105,18 @@ class Watcher(abc.ABC):
     @abc.abstractmethod
     def watch(self, root: str) -> None: ...
 
+    def unwatch(self, root: str) -> None:
+        root = os.path.abspath(root)
+        with self._lock:
+            if root not in self._roots:
+                return
+            self._roots.discard(root)
+            self._drop_root(root)
+            self._forget_under(root)
+
     @abc.abstractmethod
-    def unwatch(self, root: str) -> None: ...
+    def _drop_root(self, root: str) -> None:
+        """Stop watching what `root` covered (under the lock)."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -141,6 +152,13 @@ class Watcher(abc.ABC):
                 del table[p]
         if not self._pending:
             self._deadline = None
+
+    def _warn_max_watches(self, where: str) -> None:
+        self._warn_once("max_watches", (
+            f"file watching stopped at {self.max_watches} folders (max_watches); changes "
+            f"in further folders, from {where} on, are not relayed to containers, so "
+            "their file watchers miss them. Bind-mount a smaller folder, or raise "
+            "max_watches."))
 
     def _warn_once(self, key: str, message: str) -> None:
         with self._lock:
@@ -307,14 +325,8 @@ class InotifyWatcher(Watcher):
             if new is not None:
                 self._add_tree(new, announce=False)
 
-    def unwatch(self, root: str) -> None:
-        root = os.path.abspath(root)
-        with self._lock:
-            if root not in self._roots:
-                return
-            self._roots.discard(root)
-            self._remove_tree(root)
-            self._forget_under(root)
+    def _drop_root(self, root: str) -> None:
+        self._remove_tree(root)
 
     def close(self) -> None:
         """Stops the reader thread (within CLOSE_TIMEOUT unless on_changes is stuck) and
@@ -342,11 +354,7 @@ class InotifyWatcher(Watcher):
     def _add_watch(self, path: str, is_root: bool) -> bool:
         """Watch one folder (or a root file). False when no more watches may be added."""
         if len(self._wd_path) >= self.max_watches:
-            self._warn_once("max_watches", (
-                f"file watching stopped at {self.max_watches} folders (max_watches); changes "
-                f"in further folders, from {path} on, are not relayed to containers, so "
-                "their file watchers miss them. Bind-mount a smaller folder, or raise "
-                "max_watches."))
+            self._warn_max_watches(path)
             return False
         mask = WATCH_MASK
         if not is_root:
@@ -502,8 +510,9 @@ class _Entry(NamedTuple):
 class PollingWatcher(Watcher):
     """Stats every entry of the watched trees every `interval` seconds and compares.
 
-    The fallback for hosts without inotify, which today means macOS and Windows: FSEvents
-    and ReadDirectoryChangesW would be cheaper and quicker there and are not implemented.
+    The fallback where neither inotify nor the platform's notifications can be had
+    (watchdog missing, inotify's instances used up): it costs CPU in proportion to the
+    tree, every interval (benchmarks/filewatch.py).
     The changes found by one scan are delivered together (a scan is its own batch).
     ``max_watches`` caps the folders scanned. A rename shows as a deleted and a created
     entry with the same inode, reported as ``moved``. Change time is not compared, so
@@ -537,15 +546,9 @@ class PollingWatcher(Watcher):
             budget = self.max_watches - sum(self._dirs.values())
             self._snapshots[new], self._dirs[new] = self._scan(new, budget)
 
-    def unwatch(self, root: str) -> None:
-        root = os.path.abspath(root)
-        with self._lock:
-            if root not in self._roots:
-                return
-            self._roots.discard(root)
-            self._snapshots.pop(root, None)
-            self._dirs.pop(root, None)
-            self._forget_under(root)
+    def _drop_root(self, root: str) -> None:
+        self._snapshots.pop(root, None)
+        self._dirs.pop(root, None)
 
     def close(self) -> None:
         """Stops the scanning thread; returns once it has (within CLOSE_TIMEOUT unless
@@ -588,11 +591,7 @@ class PollingWatcher(Watcher):
         stack, dirs = [root], 0
         while stack and not self._stop.is_set():
             if dirs >= budget:
-                self._warn_once("max_watches", (
-                    f"file watching stopped at {self.max_watches} folders (max_watches); "
-                    f"changes in further folders under {root} are not relayed to "
-                    "containers, so their file watchers miss them. Bind-mount a smaller "
-                    "folder, or raise max_watches."))
+                self._warn_max_watches(stack[-1])
                 break
             folder = stack.pop()
             dirs += 1
@@ -628,10 +627,182 @@ class PollingWatcher(Watcher):
                 self._report_event(p, MODIFIED)
 
 
+# -- watchdog: FSEvents (macOS), ReadDirectoryChangesW (Windows) ---------------------------
+
+class WatchdogWatcher(Watcher):
+    """The platform's own recursive change notifications, through watchdog: FSEvents on
+    macOS and ReadDirectoryChangesW on Windows (inotify on Linux, where the tests run it;
+    Linux itself uses `InotifyWatcher`). One native watch per root, recursive; a root
+    that is a file is watched through its folder, keeping that file's events only.
+
+    The native calls watch whole trees at no cost per folder, so the folders are counted
+    here instead (a walk at ``watch``, then the created, moved and deleted folders):
+    ``watch_count`` and ``max_watches`` mean what they mean for the other two, and the
+    events of a folder past the cap are dropped. Modifications and attribute changes are
+    all checked against the last report (``unless_unchanged``): FSEvents and
+    ReadDirectoryChangesW report our own chmod as a modification. Batches are handed
+    over from a thread of this watcher's own (watchdog's threads only queue).
+    """
+
+    def __init__(self, on_changes: OnChanges, batch_seconds: float = 0.1,
+                 max_watches: int = 20000, observer: Any = None) -> None:
+        super().__init__(on_changes, batch_seconds, max_watches)
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        owner = self
+
+        class Handler(FileSystemEventHandler):
+            def dispatch(self, event: Any) -> None:
+                try:
+                    owner._on_event(event)
+                except Exception:
+                    log.exception("file watcher: an event could not be handled")
+
+        self._handler = Handler()
+        self._observer = observer if observer is not None else Observer(timeout=0.2)
+        self._watches: dict[str, Any] = {}  # root: watchdog's ObservedWatch
+        self._dirs: set[str] = set()  # the folders under watch (the roots' trees)
+        self._file_roots: set[str] = set()
+        self._wake = threading.Condition(self._lock)
+        self._observer.start()
+        self._thread = threading.Thread(target=self._run, name="cove-filewatch",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def watch_count(self) -> int:
+        with self._lock:
+            return len(self._dirs) + len(self._file_roots)
+
+    def watch(self, root: str) -> None:
+        with self._lock:
+            self._check_open()
+            before = set(self._roots)
+            new = self._new_root(root)
+            if new is None:
+                return
+            for taken in before - self._roots:  # inside the new root: it covers them
+                self._unschedule(taken)
+            self._dirs -= {d for d in self._dirs if _is_under(d, new)}
+            if os.path.isdir(new):
+                self._add_tree(new)
+                self._watches[new] = self._observer.schedule(self._handler, new,
+                                                             recursive=True)
+            else:
+                self._file_roots.add(new)
+                self._watches[new] = self._observer.schedule(
+                    self._handler, os.path.dirname(new), recursive=False)
+
+    def _drop_root(self, root: str) -> None:
+        self._unschedule(root)
+
+    def _unschedule(self, root: str) -> None:
+        w = self._watches.pop(root, None)
+        if w is not None:
+            try:
+                self._observer.unschedule(w)
+            except KeyError:
+                pass  # watchdog dropped it already (its folder went)
+        self._dirs -= {d for d in self._dirs if _is_under(d, root)}
+        self._file_roots.discard(root)
+
+    def close(self) -> None:
+        """Stops watchdog's threads and this watcher's own; safe twice and from
+        on_changes."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify_all()
+        self._observer.stop()
+        me = threading.current_thread()
+        if me is not self._observer:
+            self._observer.join(CLOSE_TIMEOUT)
+        if me is not self._thread:
+            self._thread.join(CLOSE_TIMEOUT)
+
+    # -- the folders counted --------------------------------------------------------------
+
+    def _add_tree(self, top: str) -> None:
+        for dirpath, _dirnames, _files in os.walk(top, followlinks=False):
+            if len(self._dirs) + len(self._file_roots) >= self.max_watches:
+                self._warn_max_watches(dirpath)
+                return
+            self._dirs.add(dirpath)
+
+    def _watched(self, path: str) -> bool:
+        """Whether an event for `path` is ours: a file root itself, a root folder itself,
+        or an entry of a folder under watch."""
+        if path in self._file_roots or path in self._dirs:
+            return True
+        return os.path.dirname(path) in self._dirs
+
+    # -- watchdog's events (on its thread) ----------------------------------------------
+
+    def _on_event(self, event: Any) -> None:
+        kind = event.event_type
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path) if event.dest_path else ""
+        with self._lock:
+            if self._closed:
+                return
+            src_ours, dest_ours = self._watched(src), bool(dest) and self._watched(dest)
+            if event.is_directory and not self._track_folders(kind, src, dest, dest_ours
+                                                              if kind == "moved" else src_ours):
+                return
+        if kind in ("created", "deleted") and src_ours:
+            self._report_event(src, CREATED if kind == "created" else DELETED)
+        elif kind == "moved" and (src_ours or dest_ours):
+            for path, ours in ((src, src_ours), (dest, dest_ours)):
+                if ours:
+                    self._report_event(path, MOVED)
+        elif kind in ("modified", "attrib", "closed") and src_ours and not (
+                event.is_directory and src not in self._dirs):
+            self._report_event(src, MODIFIED, unless_unchanged=True)
+        else:
+            return
+        with self._lock:
+            self._wake.notify_all()
+
+    def _track_folders(self, kind: str, src: str, dest: str, new_ours: bool) -> bool:
+        """Keep the folder count right for a folder's event; False when the event needs
+        no report (a root folder that went away)."""
+        if kind == "deleted" and src in self._roots:
+            self._roots.discard(src)
+            self._unschedule(src)
+            log.info("watched folder %s is gone; no longer watching it", src)
+            return False
+        if kind in ("deleted", "moved"):
+            self._dirs -= {d for d in self._dirs if _is_under(d, src)}
+        new = dest if kind == "moved" else src
+        if kind in ("created", "moved") and new_ours and os.path.isdir(new) \
+                and not os.path.islink(new):
+            self._add_tree(new)
+        return True
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._closed and (
+                            self._deadline is None or time.monotonic() < self._deadline):
+                        wait = None if self._deadline is None else \
+                            max(0.0, self._deadline - time.monotonic())
+                        self._wake.wait(wait)
+                    if self._closed:
+                        return
+                    batch = self._take_batch()
+                self._deliver(batch)
+        except Exception:
+            log.exception("file watcher stopped; host changes are no longer relayed")
+
+
 def make_watcher(on_changes: OnChanges, **kw: Any) -> Watcher:
-    """The best watcher for this host: inotify on Linux, else polling. ``interval`` is
-    the polling period and is ignored by inotify. Falls back to polling (with a logged
-    warning) when inotify cannot be had, e.g. fs.inotify.max_user_instances is used up."""
+    """The best watcher for this host: inotify on Linux, the platform's own notifications
+    through watchdog on macOS and Windows, else polling. ``interval`` is the polling
+    period and is ignored by the others. Falls back to polling (with a logged warning)
+    when those cannot be had: inotify's instances used up, watchdog missing."""
     interval = kw.pop("interval", None)
     if sys.platform.startswith("linux"):
         try:
@@ -639,6 +810,12 @@ def make_watcher(on_changes: OnChanges, **kw: Any) -> Watcher:
         except OSError as e:
             log.warning("inotify unavailable (%s); watching host folders by polling, "
                         "which is slower", e.strerror or e)
+    elif sys.platform in ("darwin", "win32"):
+        try:
+            return WatchdogWatcher(on_changes, **kw)
+        except (ImportError, OSError) as e:
+            log.warning("the platform's change notifications are unavailable (%s); "
+                        "watching host folders by polling, which is slower", e)
     if interval is not None:
         kw["interval"] = interval
     return PollingWatcher(on_changes, **kw)

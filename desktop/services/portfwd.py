@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,8 +141,12 @@ class PortForwarder:
 
     def __init__(self, open_stream: Callable[[str, int], socket.socket],
                  emit: Callable[..., Any], expose_all: bool = False,
-                 ipv6: bool | None = None) -> None:
+                 ipv6: bool | None = None,
+                 use: Callable[[str], AbstractContextManager[Any]] | None = None) -> None:
+        """`use(why)`, if given, wraps each TCP connection's life and comes before each
+        new UDP flow (the Resource Saver: it wakes the VM and keeps it awake)."""
         self.open_stream = open_stream
+        self.use = use
         self.emit = emit
         self.expose_all = expose_all
         self.ipv6 = host_has_ipv6() if ipv6 is None else ipv6
@@ -327,6 +332,13 @@ class PortForwarder:
             threading.Thread(target=self._relay_tcp, args=(fwd, conn), daemon=True).start()
 
     def _relay_tcp(self, fwd: Forward, conn: socket.socket) -> None:
+        if self.use is None:
+            self._relay_tcp_now(fwd, conn)
+            return
+        with self.use(f"port {fwd.port}"):
+            self._relay_tcp_now(fwd, conn)
+
+    def _relay_tcp_now(self, fwd: Forward, conn: socket.socket) -> None:
         try:
             up = self.open_stream("tcp", fwd.port)
         except OSError as e:
@@ -347,6 +359,9 @@ class PortForwarder:
                 break
             if addr is None or fwd.closed.is_set():
                 break  # the socket was shut down: the port is being removed
+            if self.use is not None:
+                with self.use(f"port {fwd.port}/udp"):
+                    pass  # each datagram wakes the VM and counts as a use
             try:
                 stream = flows.stream_for(addr)
             except OSError as e:

@@ -17,6 +17,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+PASSIVE_HEADER = "X-Cove-Passive"
+
+
 class DockerError(Exception):
     """The engine could not be reached or refused a request; the message says which."""
 
@@ -240,7 +243,11 @@ class LogStream:
 def _sdk_client(base_url: str) -> Any:
     import docker
 
-    return docker.DockerClient(base_url=base_url, version="auto", timeout=30)
+    client = docker.DockerClient(base_url=base_url, version="auto", timeout=30)
+    # The tray's requests (its events stream, the Dashboard's refreshes) do not keep an
+    # idle VM awake (desktop/backend/rest.py); they still wake it when they need it.
+    client.api.headers[PASSIVE_HEADER] = "1"
+    return client
 
 
 def human_size(n: float) -> str:

@@ -157,7 +157,7 @@ def restart_notice(why: str = "") -> Notice:
 
 def icon_name(st: TrayState) -> str:
     """One of the four tray icons: stopped, starting, running, error."""
-    if st.state == "running":
+    if st.state in ("running", "resting"):
         return "running"
     if st.state in ("starting", "stopping", "degraded"):
         return "starting"
@@ -175,6 +175,8 @@ def _containers_text(n: int | None) -> str:
 def status_line(st: TrayState) -> str:
     if st.state == "running":
         return f"Cove is running{_containers_text(st.containers)}"
+    if st.state == "resting":
+        return "Cove is resting (idle; the VM is paused): the next docker command wakes it"
     if st.state == "starting":
         step = step_text(st.step)
         return f"Cove is starting ({step})…" if step else "Cove is starting…"
@@ -249,7 +251,7 @@ def switch_failed_notice(mode: str, reason: str) -> Notice:
 def menu_entries(st: TrayState, platform: str) -> list[Entry]:
     """The tray menu for this state, in order."""
     can_start = st.state in ("stopped", "error")
-    can_stop = st.state in ("starting", "running", "degraded")
+    can_stop = st.state in ("starting", "running", "degraded", "resting")
     entries = [Entry(None, status_line(st), False)]
     if st.restart_needed:
         entries.append(Entry("restart", "Restart to apply settings"))
@@ -260,7 +262,7 @@ def menu_entries(st: TrayState, platform: str) -> list[Entry]:
         SEPARATOR,
         Entry("start", "Start", can_start),
         Entry("stop", "Stop", can_stop),
-        Entry("restart", "Restart", st.state in ("running", "degraded", "error")),
+        Entry("restart", "Restart", st.state in ("running", "degraded", "resting", "error")),
     ]
     if platform == "win32":
         entries.append(switch_entry(st))

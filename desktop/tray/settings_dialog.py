@@ -242,7 +242,7 @@ class SettingsDialog(QDialog):
         self.error.setText("")
         self.apply_button.setEnabled(True)
         restart, engine = pending_changes(self.old, new)
-        up = self.controller.state.state in ("running", "degraded", "starting")
+        up = self.controller.state.state in ("running", "degraded", "resting", "starting")
         notes = []
         if restart:
             notes.append(f"Changing {', '.join(restart)} needs a restart of Cove"
@@ -298,7 +298,8 @@ class SettingsDialog(QDialog):
             self.apply_button.setEnabled(True)
             return
         self.outcome = "saved"
-        running = self.controller.state.state in ("running", "degraded", "starting")
+        running = self.controller.state.state in ("running", "degraded", "resting",
+                                                  "starting")
         if restart and running:
             what = ", ".join(restart)
             if self.confirm(f"Changing {what} needs a restart of Cove. Restart now? "

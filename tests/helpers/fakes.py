@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
-from desktop.drivers import VMSpec
+from desktop.drivers import DriverError, VMSpec
 from desktop.drivers.shares import SharedFolder
 from desktop.link.tcp import TcpLink
 from guest_engine import protocol, server
@@ -71,6 +71,9 @@ class FakeEngine:
         self.received: list[bytes] = []
         self.connections = 0
         self.wedged = False  # True: requests are read and never answered
+        self.running = 0  # containers GET /containers/json lists
+        self.vm_paused: Any = lambda: False  # a request that arrives while True is noted
+        self.while_paused: list[bytes] = []
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(str(path))
         self._sock.listen(16)
@@ -109,6 +112,13 @@ class FakeEngine:
                     data = data[len(ATTACH):] or conn.recv(65536)
                 elif data.startswith(b"GET "):
                     self.received.append(data)
+                    if self.vm_paused():
+                        self.while_paused.append(data)
+                    if data.startswith(b"GET /containers/json"):
+                        body = json.dumps([{"Id": f"c{i}"} for i in range(self.running)])
+                        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"\r\n" + body.encode())
+                        return
                     if self.wedged:  # a stopped (or deadlocked) engine: no answer
                         self._closing.wait(30)
                         return
@@ -360,6 +370,10 @@ class FakeDriver:
         self._off.set()
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
+        self.paused = False
+        self.paused_calls = 0
+        self.resumed_calls = 0
+        self.refuse_pause = False
 
     # -- the Driver protocol -----------------------------------------------------------
 
@@ -413,6 +427,19 @@ class FakeDriver:
     def kill(self) -> None:
         self.kill_calls += 1
         self.power_off()
+
+    def pause(self) -> None:
+        """The vCPUs stop (recorded; the fake engine can tell, `FakeEngine.vm_paused`)."""
+        self.paused_calls += 1
+        if self.refuse_pause:
+            raise DriverError("the fake hypervisor refused to pause")
+        self.paused = True
+
+    def resume(self) -> None:
+        self.resumed_calls += 1
+        self.paused = False
+        if getattr(self, "on_resume", None) is not None:
+            self.on_resume()
 
     def wait(self, timeout: float | None) -> bool:
         return self._off.wait(timeout)

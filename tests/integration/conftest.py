@@ -11,6 +11,7 @@ never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.dbus import BusDaemon
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = "cove-hello"
@@ -86,7 +89,23 @@ class Cove:
 
 
 @pytest.fixture(scope="session")
-def cove_home() -> Iterator[tuple[Path, Path]]:
+def system_bus() -> Iterator[BusDaemon]:
+    """The session's backends take this bus for the system bus (logind's sleep and wake
+    signal): a test sends logind's signal on it, and the host's own logind, if any,
+    never reaches a test."""
+    bus = BusDaemon()
+    before = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+    yield bus
+    if before is None:
+        os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+    else:
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = before
+    bus.close()
+
+
+@pytest.fixture(scope="session")
+def cove_home(system_bus: BusDaemon) -> Iterator[tuple[Path, Path]]:
     # Short on purpose: socket paths must stay under 104 bytes.
     d = Path(tempfile.mkdtemp(prefix="cove-it-"))
     home, dcfg = d / "home", d / "docker"
@@ -116,7 +135,9 @@ def cove(cove_home: tuple[Path, Path], shares: dict[str, Path]) -> Iterator[Cove
     c.cove("shares", "remove", str(Path.home()))  # the default share: not the tests'
     for transport, path in shares.items():
         c.cove("shares", "add", str(path), "--transport", transport)
-    c.cove("start", "--cpus", "2", "--memory", "2G", timeout=900)
+    # No Resource Saver: a test's pauses would rest the VM under the next one
+    # (test_resource_saver.py turns it on for itself).
+    c.cove("start", "--cpus", "2", "--memory", "2G", "--resource-saver", "0", timeout=900)
     try:
         yield c
     finally:
@@ -150,6 +171,32 @@ def hello_image(cove: Cove) -> str:
 
     build_hello_image(["docker", "--context", cove.context], HELLO, env=cove.env)
     return HELLO
+
+
+# The other 64-bit architecture than this host's: its Debian name, and `uname -m` there.
+OTHER_ARCH = ("arm64", "aarch64") if os.uname().machine == "x86_64" else ("amd64", "x86_64")
+
+
+@pytest.fixture(scope="session")
+def other_arch_image(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image of the other architecture, made here: its static busybox, taken from
+    Cove's guest image of that architecture (the build makes it when it is missing)."""
+    arch = OTHER_ARCH[0]
+    env = {**os.environ, "COVE_IMAGES": cove.env["COVE_IMAGES"]}
+    out = subprocess.run([sys.executable, "-m", "vm_image", "build", "--arch", arch],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                         check=True)
+    root_sqfs = Path(json.loads(out.stdout)["path"]) / "root.sqfs"
+    d = tmp_path_factory.mktemp(f"{arch}-rootfs")
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(d / "x"), str(root_sqfs),
+                    "usr/bin/busybox"], check=True, capture_output=True)
+    (d / "rootfs/bin").mkdir(parents=True)
+    (d / "x/usr/bin/busybox").rename(d / "rootfs/bin/busybox")
+    subprocess.run(["tar", "-C", str(d / "rootfs"), "-cf", str(d / "rootfs.tar"), "."],
+                   check=True)
+    name = f"cove-{arch}-busybox"
+    cove.docker("import", "--platform", f"linux/{arch}", str(d / "rootfs.tar"), name)
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.integration.conftest import Cove
+from tests.integration.conftest import OTHER_ARCH, Cove
 
 
 def _name(prefix: str) -> str:
@@ -165,6 +165,36 @@ def test_build_small_context(cove: Cove, hello_image: str, tmp_path: Path) -> No
     cove.docker("build", "-q", "-t", tag, str(tmp_path))
     try:
         assert cove.docker("run", "--rm", tag).stdout == "built in cove\n"
+    finally:
+        cove.docker("rmi", "-f", tag, check=False)
+
+
+def test_buildx_builds_with_buildkit_through_the_socket(
+        cove: Cove, hello_image: str, other_arch_image: str, tmp_path: Path) -> None:
+    """BuildKit (the engine's, through buildx's `docker` driver) by way of Cove's socket:
+    its session and gRPC streams are upgraded connections the guard must pass. A RUN
+    step with a cache mount, a build secret, a stage of the other architecture (run by
+    the guest's binfmt emulator), and a last stage copying from both."""
+    arch, machine = OTHER_ARCH
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {hello_image} AS make\n"
+        "RUN --mount=type=cache,target=/cache echo cached > /cache/x && "
+        "cat /cache/x > /made.txt\n"
+        "RUN --mount=type=secret,id=token cat /run/secrets/token >> /made.txt\n"
+        f"FROM --platform=linux/{arch} {other_arch_image} AS other\n"
+        'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox uname -m > /arch.txt"]\n'
+        f"FROM {hello_image}\n"
+        "COPY --from=make /made.txt /made.txt\n"
+        "COPY --from=other /arch.txt /arch.txt\n"
+        'CMD ["cat", "/made.txt", "/arch.txt"]\n')
+    (tmp_path / "token").write_text("s3cret\n")
+    tag = _name("buildx")
+    try:
+        cove.docker("buildx", "build", "--progress", "plain", "--load", "-t", tag,
+                    "--secret", f"id=token,src={tmp_path / 'token'}", str(tmp_path),
+                    timeout=600)
+        assert cove.docker("run", "--rm", tag).stdout == f"cached\ns3cret\n{machine}\n"
+        assert "s3cret" not in cove.docker("history", "--no-trunc", tag).stdout
     finally:
         cove.docker("rmi", "-f", tag, check=False)
 

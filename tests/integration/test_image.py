@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Cove
+from tests.integration.conftest import OTHER_ARCH, ROOT, Cove
 
 MiB = 2**20
 
@@ -85,32 +85,6 @@ def test_unreachable_mirror_is_a_clear_error_and_keeps_the_image(cove: Cove,
     assert {p.name: p.stat().st_mtime for p in image_dir.iterdir()} == before
     images = Path(cove.env["COVE_IMAGES"])
     assert not [p for p in images.iterdir() if p.name.startswith((".base-", ".build-"))]
-
-
-# The other 64-bit architecture than this host's: its Debian name, and `uname -m` there.
-OTHER_ARCH = ("arm64", "aarch64") if os.uname().machine == "x86_64" else ("amd64", "x86_64")
-
-
-@pytest.fixture(scope="module")
-def other_arch_image(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An image of the other architecture, made here: its static busybox, taken from
-    Cove's guest image of that architecture (the build makes it when it is missing)."""
-    arch = OTHER_ARCH[0]
-    env = {**os.environ, "COVE_IMAGES": cove.env["COVE_IMAGES"]}
-    out = subprocess.run([sys.executable, "-m", "vm_image", "build", "--arch", arch],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                         check=True)
-    root_sqfs = Path(json.loads(out.stdout)["path"]) / "root.sqfs"
-    d = tmp_path_factory.mktemp(f"{arch}-rootfs")
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(d / "x"), str(root_sqfs),
-                    "usr/bin/busybox"], check=True, capture_output=True)
-    (d / "rootfs/bin").mkdir(parents=True)
-    (d / "x/usr/bin/busybox").rename(d / "rootfs/bin/busybox")
-    subprocess.run(["tar", "-C", str(d / "rootfs"), "-cf", str(d / "rootfs.tar"), "."],
-                   check=True)
-    name = f"cove-{arch}-busybox"
-    cove.docker("import", "--platform", f"linux/{arch}", str(d / "rootfs.tar"), name)
-    return name
 
 
 def test_a_container_of_the_other_architecture_runs(cove: Cove, other_arch_image: str

@@ -58,6 +58,7 @@ from desktop.drivers.hyperv.scripts import (
     kill_script,
     map_state,
     parse_probe,
+    pause_script,
     probe_script,
     resize_script,
     service_id,
@@ -216,6 +217,25 @@ class HyperVDriver:
             raise
         if (r or {}).get("forced"):
             log.warning("the VM did not shut down in %.0f s; Hyper-V turned it off", timeout)
+
+    def pause(self) -> None:
+        self._pause(True)
+
+    def resume(self) -> None:
+        self._pause(False)
+
+    def _pause(self, pause: bool) -> None:
+        """Suspend-VM or Resume-VM. Hyper-V's time sync service sets the guest's clock
+        after a resume; the backend pushes it as well."""
+        what = "pausing the VM" if pause else "resuming the VM"
+        try:
+            r = self.ps.run(what, pause_script(self.vm, pause), timeout=60)
+        except PowerShellError as e:
+            raise DriverError(f"{what} failed: {e}") from e
+        state = str((r or {}).get("state", ""))
+        want = "paused" if pause else "running"
+        if map_state(state) != want:
+            raise DriverError(f"{what}: Hyper-V says the VM is {state or 'in no state'}")
 
     def kill(self) -> None:
         if self.spec is not None:

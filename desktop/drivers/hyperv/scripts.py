@@ -152,6 +152,14 @@ def state_script(name: str) -> str:
             + emit("[ordered]@{ id = [string]$vm.Id; state = [string]$vm.State }"))
 
 
+def pause_script(name: str, pause: bool) -> str:
+    """Suspend-VM (the VM stays in memory, its vCPUs stopped) or Resume-VM; then the
+    state Hyper-V reports."""
+    verb = "Suspend-VM" if pause else "Resume-VM"
+    return (f"{verb} -Name {quote(name)}\n"
+            + emit(f"[ordered]@{{ state = [string](Get-VM -Name {quote(name)}).State }}"))
+
+
 def wait_script(name: str, timeout: float | None) -> str:
     """Poll inside one PowerShell process (a process per poll would cost a second each)."""
     limit = -1 if timeout is None else round(timeout, 1)

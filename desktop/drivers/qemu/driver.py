@@ -244,6 +244,21 @@ class QemuDriver:
             return None  # Windows: no session, no monitor (QEMU serves one client only)
         return qmp.command(qmp_socket(self.spec), command, timeout)
 
+    def pause(self) -> None:
+        self._vcpus("stop")
+
+    def resume(self) -> None:
+        self._vcpus("cont")
+
+    def _vcpus(self, command: str) -> None:
+        """QMP `stop` or `cont`; the RESUME event after `cont` sets the guest's clock."""
+        r = self.qmp(command)
+        if r is None:
+            raise DriverError(f"QEMU's monitor could not be reached for {command!r}")
+        if "error" in r:
+            raise DriverError(f"QEMU refused {command!r}: "
+                              f"{r['error'].get('desc', r['error'])}")
+
     def wait(self, timeout: float | None) -> bool:
         if self.proc is None:
             return True

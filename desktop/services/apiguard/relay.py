@@ -284,10 +284,13 @@ class _Requests:
     and sends each to the engine written anew."""
 
     def __init__(self, link: _Link, check: Check,
-                 on_binds: Callable[[list[str]], None] | None) -> None:
+                 on_binds: Callable[[list[str]], None] | None,
+                 on_request: Callable[[list[tuple[bytes, bytes]]], None] | None = None
+                 ) -> None:
         self.link = link
         self.check = check
         self.on_binds = on_binds
+        self.on_request = on_request
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_CAP)
         self.pending: list[bytes] = []  # for the engine, sent before the next read or wait
         self.chunked = False  # the request being sent is sent in chunks
@@ -339,6 +342,8 @@ class _Requests:
             if isinstance(event, h11.ConnectionClosed):
                 return
             if isinstance(event, h11.Request):
+                if self.on_request is not None:
+                    self.on_request(list(event.headers))
                 self._request(event)
                 if self.conn.their_state is h11.MUST_CLOSE:
                     # The client ends the connection after this exchange (Connection:
@@ -577,7 +582,9 @@ class _Requests:
 
 
 def guarded_pipe(client: Stream, engine: Stream, check: Check,
-                 on_binds: Callable[[list[str]], None] | None = None) -> None:
+                 on_binds: Callable[[list[str]], None] | None = None,
+                 on_request: Callable[[list[tuple[bytes, bytes]]], None] | None = None
+                 ) -> None:
     """Relay between a docker client and the engine until both directions end, then close
     both, as `guest_engine.relay.pipe` does; the requests `routes.checked_kind` names
     pass `check` first.
@@ -588,14 +595,15 @@ def guarded_pipe(client: Stream, engine: Stream, check: Check,
     the engine; bytes it returns are sent as the request's body instead. An exception in
     `check` refuses the request with a 500. `on_binds`, if given, gets the host folders
     each checked request sent to the engine binds (normalized, the VM's docker.sock left
-    out), as `make_check`'s does; pass it to one of them only.
+    out), as `make_check`'s does; pass it to one of them only. `on_request`, if given,
+    gets each request's headers (lower-case names) as it is read.
     Blocks the calling thread; the engine->client direction runs on a helper thread.
     """
     link = _Link(client, engine)
     t = threading.Thread(target=_Responses(link).run, daemon=True, name="apiguard")
     t.start()
     try:
-        _Requests(link, check, on_binds).run()
+        _Requests(link, check, on_binds, on_request).run()
         t.join()
     finally:
         client.close()

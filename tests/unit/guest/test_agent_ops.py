@@ -68,3 +68,62 @@ def test_shutdown_op_requests_the_shutdown(ag: agent.Agent) -> None:
     assert ag.handle({"op": "shutdown"}) == {"ok": True, "result": "shutting down"}
     assert ag.shutdown_requested.is_set()
     assert ag.shutdown_reason == "requested by the host"
+
+
+class _Clock:
+    """The guest's CLOCK_REALTIME, as set_time reads and sets it."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.sets: list[int] = []
+
+    def get(self, clock: int) -> int:
+        return self.now
+
+    def set(self, clock: int, ns: int) -> None:
+        self.sets.append(ns)
+        self.now = ns
+
+
+def test_a_push_taken_before_one_already_applied_is_dropped(
+        ag: agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a pause the pushes queued meanwhile arrive together and are handled on
+    threads of their own: the one taken first must not step the clock back."""
+    clock = _Clock(now=1_000 * 10**9)
+    monkeypatch.setattr(agent.time, "clock_gettime_ns", clock.get)
+    monkeypatch.setattr(agent.time, "clock_settime_ns", clock.set)
+    newer = ag.handle({"op": "set_time", "ns": 1_030 * 10**9, "mono": 20})
+    assert newer["result"]["adjusted"] is True
+    older = ag.handle({"op": "set_time", "ns": 1_020 * 10**9, "mono": 10})
+    assert older["result"] == {"adjusted": False, "stale": True, "drift_ms": 0.0}
+    assert clock.sets == [1_030 * 10**9]
+    # A host that sends no `mono` (an older Cove) is obeyed as before.
+    assert ag.handle({"op": "set_time", "ns": 1_040 * 10**9})["result"]["adjusted"]
+    assert clock.sets[-1] == 1_040 * 10**9
+
+
+def test_concurrent_pushes_never_step_the_clock_back(
+        ag: agent.Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time as real_time
+
+    clock = _Clock(now=1_000 * 10**9)
+    gate = threading.Barrier(8)
+
+    def slow_get(c: int) -> int:
+        real_time.sleep(0.01)  # both threads read before either sets, unless locked
+        return clock.now
+
+    monkeypatch.setattr(agent.time, "clock_gettime_ns", slow_get)
+    monkeypatch.setattr(agent.time, "clock_settime_ns", clock.set)
+
+    def push(i: int) -> None:
+        gate.wait()
+        ag.handle({"op": "set_time", "ns": (1_010 + i) * 10**9, "mono": i})
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert clock.sets == sorted(clock.sets), "the clock stepped back"

@@ -166,6 +166,9 @@ def signals(monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
     return handlers
 
 
+POWER_WATCHES: list[SimpleNamespace] = []
+
+
 @pytest.fixture
 def make_cove(home: Path, signals: dict[int, Any],
               monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Cove]]:
@@ -174,6 +177,11 @@ def make_cove(home: Path, signals: dict[int, Any],
     monkeypatch.setattr(timeouts, "ENGINE_TIMEOUT", 10.0)
     monkeypatch.setattr(timeouts, "STOP_AGENT_TIMEOUT", 10.0)
     monkeypatch.setattr(health, "INTERVAL", 3600.0)  # only the health tests check
+    # The host's own sleep signal stays out of the tests (a desktop's logind would
+    # reach them); `power_watches` has the callbacks each backend gave.
+    monkeypatch.setattr(core.power, "watch", lambda sleep, wake: POWER_WATCHES.append(
+        SimpleNamespace(sleep=sleep, wake=wake, close=lambda: None)) or POWER_WATCHES[-1])
+    POWER_WATCHES.clear()
     made: list[Cove] = []
 
     def make(**driver_opts: Any) -> Cove:
@@ -572,6 +580,28 @@ def test_a_wedged_engine_is_degraded_with_the_reason_then_running_again(
     c.wait_event("running", after=n)
     assert c.request("status")["reason"] == ""
     assert c.request("status")["engine_answered_at"] > answered
+
+
+def test_a_host_wake_sets_the_guest_clock_and_asks_the_engine_at_once(
+        make_cove: Callable[..., Cove]) -> None:
+    """The platform's wake signal: the clock is pushed and the engine pinged now, not at
+    the next health check (an hour away here)."""
+    c = make_cove().running()
+    assert len(POWER_WATCHES) == 1
+    answered = c.request("status")["engine_answered_at"]
+    pushes = len(c.agent_ops("set_time"))
+    n = len(c.events())
+    POWER_WATCHES[0].sleep()
+    time.sleep(0.2)
+    POWER_WATCHES[0].wake()
+    ev = c.wait_event("host_power", after=n, power="wake")
+    assert ev["slept"] is not None and 0.1 <= ev["slept"] < 5
+    assert [e["power"] for e in c.events()[n:] if e["event"] == "host_power"] == [
+        "sleep", "wake"]
+    assert c.wait_for(lambda: len(c.agent_ops("set_time")) > pushes), "no clock push"
+    assert abs(c.agent_ops("set_time")[-1]["ns"] - time.time_ns()) < 5 * 10**9
+    assert c.wait_for(lambda: c.request("status")["engine_answered_at"] != answered), \
+        "the engine was not asked after the wake"
 
 
 # -- stop --------------------------------------------------------------------------------
@@ -1304,3 +1334,125 @@ def test_a_note_on_the_shares_is_an_event_the_cli_prints(
     assert ev["message"] == c.driver.share_notes[0]
     cli._print_step(ev)
     assert "note: Cove runs as root" in capsys.readouterr().err
+
+
+# -- Resource Saver ----------------------------------------------------------------------
+
+REST_MINUTES = 0.02  # 1.2 s
+
+
+def _resting(make_cove: Callable[..., Cove]) -> Cove:
+    """A running backend whose VM went to rest (idle, nothing running)."""
+    c = make_cove().running()
+    c.engine.vm_paused = lambda: c.driver.paused
+    c.request("resource_saver", minutes=REST_MINUTES)
+    ev = c.wait_event("resting")
+    assert ev["idle_minutes"] == REST_MINUTES
+    assert c.driver.paused and c.driver.paused_calls == 1
+    return c
+
+
+def test_an_idle_vm_rests_and_a_docker_connection_wakes_it_before_it_is_served(
+        make_cove: Callable[..., Cove]) -> None:
+    c = _resting(make_cove)
+    st = c.request("status")
+    assert st["state"] == "resting" and st["resource_saver"]["resting"] is True
+    pushes = len(c.agent_ops("set_time"))
+    n = len(c.events())
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        assert _recv_all(s) == HTTP_REPLY  # answered, never refused
+    assert c.driver.resumed_calls == 1 and not c.driver.paused
+    assert c.engine.while_paused == [], "a request reached the engine of a paused VM"
+    woke = c.wait_event("running", after=n)
+    assert woke["woke"] == "docker" and woke["wake_seconds"] >= 0
+    assert c.wait_for(lambda: len(c.agent_ops("set_time")) > pushes), "no clock push"
+    assert c.request("status")["resource_saver"]["wakes"] == 1
+
+
+def test_no_health_check_or_clock_push_reaches_a_resting_vm(
+        make_cove: Callable[..., Cove], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "INTERVAL", 0.1)
+    c = _resting(make_cove)
+    pushes = len(c.agent_ops("set_time"))
+    time.sleep(1.5)
+    assert c.engine.while_paused == [], "the engine of a paused VM was asked"
+    assert len(c.agent_ops("set_time")) == pushes
+    assert c.request("status")["state"] == "resting"  # and not degraded
+
+
+def test_a_running_container_keeps_the_vm_awake(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    c.engine.running = 1
+    c.request("resource_saver", minutes=REST_MINUTES)
+    assert c.wait_for(lambda: any(r.startswith(b"GET /containers/json")
+                                  for r in c.engine.received))
+    time.sleep(2.5)
+    assert c.driver.paused_calls == 0
+    c.engine.running = 0  # the container ended
+    c.wait_event("resting")
+
+
+def test_an_open_connection_keeps_the_vm_awake_and_a_passive_one_does_not(
+        make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    c.request("resource_saver", minutes=REST_MINUTES)
+    with _unix(c.inst.docker_socket) as s:  # a client that holds its connection open
+        time.sleep(2.5)
+        assert c.driver.paused_calls == 0
+        assert c.request("status")["resource_saver"]["open_connections"] == 1
+    c.wait_event("resting")
+    n = len(c.events())
+    # The tray's way: its requests say they are passive, so its open stream lets the VM
+    # rest again (opening it woke the VM: nothing reaches a paused guest).
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\nX-Cove-Passive: 1\r\n\r\n")
+        assert _recv_all(s) == HTTP_REPLY
+        c.wait_event("running", after=n)
+        with _unix(c.inst.docker_socket) as held:
+            held.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nX-Cove-Passive: 1\r\n\r\n")
+            c.wait_event("resting", after=n)
+    assert c.driver.paused_calls == 2
+
+
+def test_stop_while_resting_wakes_the_vm_so_its_agent_stops_cleanly(
+        make_cove: Callable[..., Cove]) -> None:
+    c = _resting(make_cove)
+    assert c.stop() == 0
+    assert c.driver.resumed_calls == 1
+    assert len(c.agent_ops("shutdown")) == 1 and c.driver.kill_calls == 0
+
+
+def test_a_control_request_that_needs_the_guest_wakes_it(
+        make_cove: Callable[..., Cove]) -> None:
+    c = _resting(make_cove)
+    c.request("status")
+    c.request("ping")
+    assert c.driver.resumed_calls == 0, "a passive control request woke the VM"
+    c.request("agent_status")
+    assert c.driver.resumed_calls == 1
+    c2 = c.wait_event("resting", after=len(c.events()))
+    assert c2 and c.request("wake")["resting"] is False
+    assert c.driver.resumed_calls == 2
+
+
+def test_a_pause_the_hypervisor_refuses_leaves_the_vm_running(
+        make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    c.driver.refuse_pause = True
+    c.request("resource_saver", minutes=REST_MINUTES)
+    assert c.wait_for(lambda: c.driver.paused_calls >= 1)
+    assert c.request("status")["state"] == "running"
+    assert "resting" not in c.kinds()
+
+
+def test_resource_saver_minutes_are_checked_and_kept(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove().running()
+    for bad in (-1, "5", True, 1441, None):
+        with pytest.raises(ControlError, match="resource_saver_minutes: .* must be a number "
+                                               "of minutes from 0"):
+            c.request("resource_saver", minutes=bad)
+    assert c.request("resource_saver", minutes=0)["minutes"] == 0
+    assert c.inst.load_settings().resource_saver_minutes == 0
+    time.sleep(0.5)
+    assert c.driver.paused_calls == 0

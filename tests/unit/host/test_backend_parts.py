@@ -1,5 +1,5 @@
 """Parts of the backend on their own: the event log's bound, the accept loop at the
-descriptor limit, the open-file limit."""
+descriptor limit, the open-file limit, the clock's jump check."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from desktop.backend.clock import HostClock
 from desktop.backend.events import EventLog
 from desktop.platform import limits, sockets
 
@@ -125,3 +126,33 @@ def test_the_open_file_limit_is_raised_towards_the_hard_limit() -> None:
         assert now == want == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class _Channel:
+    """A connected agent channel whose set_time requests take a while."""
+
+    def __init__(self, during: Any = None) -> None:
+        self.connected = threading.Event()
+        self.connected.set()
+        self.sent: list[int] = []
+        self.during = during
+
+    def request(self, op: str, **params: Any) -> None:
+        assert op == "set_time"
+        self.sent.append(params["ns"])
+        if self.during is not None:
+            during, self.during = self.during, None
+            during()
+
+
+def test_a_clock_jump_while_a_push_is_on_its_way_is_pushed_at_the_next_tick() -> None:
+    """The jump check compares with the clocks as they were when the pushed time was
+    taken: one read after the request returned would already include the jump."""
+    clock = HostClock()
+    channel = _Channel(during=lambda: clock.simulate_jump(3600))
+    clock.push(channel)  # the host's clock jumps while this request is answered
+    clock.maybe_push(channel)
+    assert len(channel.sent) == 2, "the jump waited for the next scheduled push"
+    assert channel.sent[1] - channel.sent[0] > 3599 * 10**9
+    clock.maybe_push(channel)
+    assert len(channel.sent) == 2, "pushed again with no jump and no schedule due"

@@ -44,6 +44,17 @@ def test_start_cpus_zero_is_a_usage_error(cove_home: Path,
     assert not _settings_file(cove_home).exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "soon", "2000"])
+def test_start_resource_saver_out_of_range_is_a_usage_error(
+        cove_home: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["start", "--resource-saver", value])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--resource-saver" in last and "minutes from 0 (never) to 1440" in last
+    assert not _settings_file(cove_home).exists()
+
+
 def test_start_cpus_not_a_number(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["start", "--cpus", "four"])

@@ -1,4 +1,6 @@
-"""Host file watching: both implementations against real files in tmp_path.
+"""Host file watching: the three implementations against real files in tmp_path
+(watchdog with its inotify backend here; FSEvents and ReadDirectoryChangesW only on
+macOS and Windows).
 
 Reports arrive on the watcher's thread; `Recorder.wait_for` waits for one with a deadline.
 Where a test needs to show that something is *not* reported, it makes a later change
@@ -25,7 +27,7 @@ from desktop.services.filewatch import Change
 WAIT = 5.0
 POLL_INTERVAL = 0.05
 
-KINDS = ["inotify", "polling"]
+KINDS = ["inotify", "polling", "watchdog"]
 
 
 class Recorder:
@@ -83,6 +85,8 @@ def make(request: pytest.FixtureRequest) -> Iterator[Factory]:
         w: filewatch.Watcher
         if kind == "inotify":
             w = filewatch.InotifyWatcher(rec, **kw)
+        elif kind == "watchdog":
+            w = filewatch.WatchdogWatcher(rec, **kw)
         else:
             w = filewatch.PollingWatcher(rec, interval=POLL_INTERVAL, **kw)
         made.append(w)
@@ -453,7 +457,26 @@ def test_make_watcher_uses_inotify_on_linux() -> None:
         assert isinstance(w, filewatch.InotifyWatcher)
 
 
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_make_watcher_uses_the_platforms_notifications_on_macos_and_windows(
+        monkeypatch: pytest.MonkeyPatch, platform: str) -> None:
+    monkeypatch.setattr(filewatch.sys, "platform", platform)
+    with filewatch.make_watcher(lambda batch: None, interval=0.5) as w:
+        assert isinstance(w, filewatch.WatchdogWatcher)
+
+
 def test_make_watcher_falls_back_to_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """watchdog missing (a bundle built without it): polling, said in the log."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_watchdog(name: str, *a: Any, **kw: Any) -> Any:
+        if name.startswith("watchdog"):
+            raise ImportError("No module named 'watchdog'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_watchdog)
     monkeypatch.setattr(filewatch.sys, "platform", "darwin")
     with filewatch.make_watcher(lambda batch: None, interval=0.5) as w:
         assert isinstance(w, filewatch.PollingWatcher)

@@ -709,3 +709,27 @@ def test_module_imports_without_windows() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_pause_and_resume_are_suspend_vm_and_resume_vm(spec: VMSpec) -> None:
+    """The Resource Saver on Hyper-V: Suspend-VM keeps the VM in memory with its vCPUs
+    stopped; Resume-VM runs it again. Each checks the state Hyper-V reports after."""
+    d, ps = started(spec)
+    ps.add([Call(["Suspend-VM -Name 'cove-0a1b2c3d4e-default'"],
+                 stdout='{"state":"Paused"}\r\n'),
+            Call(["Resume-VM -Name 'cove-0a1b2c3d4e-default'"],
+                 stdout='{"state":"Running"}\r\n'),
+            Call(["Suspend-VM"], stdout='{"state":"Running"}\r\n')])
+    d.pause()
+    d.resume()
+    with pytest.raises(DriverError, match="pausing the VM: Hyper-V says the VM is Running"):
+        d.pause()
+
+
+def test_a_refused_pause_is_a_driver_error_naming_it(spec: VMSpec) -> None:
+    d, ps = started(spec)
+    ps.add([Call(["Suspend-VM"], exit=1, stderr=(
+        "Suspend-VM : The operation cannot be performed while the object is in its "
+        "current state.\r\n"))])
+    with pytest.raises(DriverError, match="pausing the VM failed"):
+        d.pause()

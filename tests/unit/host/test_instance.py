@@ -96,6 +96,11 @@ def test_default_settings_are_valid() -> None:
         ({"containers_reach_host_loopback": 0}, "containers_reach_host_loopback"),
         ({"shares": "/home"}, "shares"),
         ({"shares": ["/home", 3]}, "shares"),
+        ({"resource_saver_minutes": -1}, "resource_saver_minutes"),
+        ({"resource_saver_minutes": 1441}, "resource_saver_minutes"),
+        ({"resource_saver_minutes": True}, "resource_saver_minutes"),
+        ({"resource_saver_minutes": "5"}, "resource_saver_minutes"),
+        ({"resource_saver_minutes": float("nan")}, "resource_saver_minutes"),
     ],
 )
 def test_validate_names_the_field(changes: dict, field: str) -> None:

@@ -103,11 +103,23 @@ def test_port_failed_notifies_and_shows_in_tooltip_until_forwarded() -> None:
 
 def test_icons_per_state() -> None:
     names = {}
-    for kind in ("stopped", "starting", "running", "degraded", "stopping", "error"):
+    for kind in ("stopped", "starting", "running", "degraded", "stopping", "error",
+                 "resting"):
         st, _ = _fold({"event": kind, "reason": "r"})
         names[kind] = model.icon_name(st)
     assert names == {"stopped": "stopped", "starting": "starting", "running": "running",
-                     "degraded": "starting", "stopping": "starting", "error": "error"}
+                     "degraded": "starting", "stopping": "starting", "error": "error",
+                     "resting": "running"}
+
+
+def test_a_resting_vm_is_up_says_so_and_can_be_stopped() -> None:
+    st, notices = _fold({"event": "running", "engine_version": "26.1.5"},
+                        {"event": "resting", "idle_minutes": 5})
+    assert notices == [] and st.is_up
+    assert model.status_line(st).startswith("Cove is resting")
+    assert "wakes it" in model.tooltip(st)
+    entries = {e.key: e.enabled for e in model.menu_entries(st, "linux") if e.key}
+    assert entries["stop"] and entries["restart"] and not entries["start"]
 
 
 def test_restart_needed_adds_a_menu_entry_until_stopped() -> None:

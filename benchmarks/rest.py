@@ -1,0 +1,66 @@
+"""Resource Saver: what an idle VM costs awake and resting, and what the wake costs.
+
+Per run, on one instance with no container running:
+* QEMU's CPU over `WINDOW` seconds awake (the saver off), then resting (its vCPUs
+  paused after `IDLE_MINUTES`), as % of one core;
+* `docker ps` on the resting VM (the wake included) against `docker ps` on the VM
+  awake, in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from benchmarks.common import BenchVM, Figure, cpu_seconds
+
+IDLE_MINUTES = 0.1
+WINDOW = 10.0
+
+
+def _cpu(pid: int) -> float:
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(WINDOW)
+    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
+
+
+def _state(vm: BenchVM) -> str:
+    return str(json.loads(vm.cli("status", "--json").stdout)["state"])
+
+
+def _docker_ps(vm: BenchVM) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([*vm.docker, "ps"], env=vm.env, check=True, capture_output=True)
+    return (time.perf_counter() - t0) * 1000
+
+
+def _rest(vm: BenchVM) -> None:
+    deadline = time.monotonic() + 120
+    while _state(vm) != "resting":
+        if time.monotonic() > deadline:
+            raise RuntimeError("the idle VM did not rest in 120 s")
+        time.sleep(0.5)
+
+
+def run(runs: int) -> tuple[list[Figure], str]:
+    awake_cpu, rest_cpu, wake_ms, awake_ms = [], [], [], []
+    with BenchVM() as vm:
+        st = vm.start("--resource-saver", "0")
+        qemu = st["qemu_pid"]
+        for _ in range(runs):
+            vm.cli("start", "--no-activate", "--resource-saver", "0")
+            _docker_ps(vm)
+            awake_ms.append(_docker_ps(vm))
+            awake_cpu.append(_cpu(qemu))
+            vm.cli("start", "--no-activate", "--resource-saver", str(IDLE_MINUTES))
+            _rest(vm)
+            rest_cpu.append(_cpu(qemu))
+            wake_ms.append(_docker_ps(vm))
+        vm.cli("start", "--no-activate", "--resource-saver", "0")
+    return [
+        Figure("resting: QEMU CPU with the VM idle", "% core", rest_cpu,
+               "awake, idle (no container)", awake_cpu, target="at most 0.5 % of a core"),
+        Figure("wake: docker ps on a resting VM", "ms", wake_ms,
+               "docker ps on the VM awake", awake_ms, target="at most 1 s over awake"),
+    ], st["accel"]

@@ -1,0 +1,71 @@
+"""The tray's Docker client: every request it sends says it is passive, so the tray's
+own events stream and refreshes never keep an idle VM awake (desktop/backend/rest.py).
+A real SDK client against a small HTTP server on a unix socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from desktop.tray import docker_service
+
+
+class _Engine:
+    """Answers /version and /_ping; keeps each request's head."""
+
+    def __init__(self, path: Path) -> None:
+        self.heads: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.heads.append(data)
+                body = json.dumps({"ApiVersion": "1.45", "Version": "26.1.5"}).encode() \
+                    if b" /version" in data.split(b"\r\n", 1)[0] else b"OK"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def engine() -> Iterator[tuple[_Engine, Path]]:
+    d = Path(tempfile.mkdtemp(prefix="cove-ds-", dir="/tmp"))
+    e = _Engine(d / "docker.sock")
+    yield e, d / "docker.sock"
+    e.close()
+
+
+def test_the_trays_requests_say_they_are_passive(engine: tuple[_Engine, Path]) -> None:
+    e, path = engine
+    svc = docker_service.DockerService(path)
+    try:
+        svc.client.ping()
+    finally:
+        svc.close()
+    pings = [h for h in e.heads if h.startswith(b"GET /v1.45/_ping") or b"/_ping" in h]
+    assert pings, e.heads
+    assert all(b"\r\nx-cove-passive: 1\r\n" in h.lower() for h in pings), pings
