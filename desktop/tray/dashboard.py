@@ -42,6 +42,7 @@ from desktop.tray.docker_service import (
 )
 from desktop.tray.worker import Follower
 
+IMAGE_COLUMN_MAX = 220  # px: wider image names are cut, their whole name in the tooltip
 STATE_COLOURS = {"running": "#1f9d6b", "exited": "#8a8f98", "created": "#8a8f98",
                  "paused": "#e8a317", "restarting": "#e8a317", "dead": "#d63a3a"}
 
@@ -112,6 +113,10 @@ class Dashboard(QMainWindow):
 
         # Containers
         self.container_table = _table(["Name", "Image", "State", "Ports", "Created"])
+        # A long image name is cut (its whole name in the tooltip), so State, Ports and
+        # Created stay in view.
+        self.container_table.horizontalHeader().setSectionResizeMode(
+            1, QHeaderView.ResizeMode.Interactive)
         self.container_table.itemSelectionChanged.connect(self._selection_changed)
         bar, self.container_buttons = _buttons("Start", "Stop", "Restart", "Delete",
                                                "Terminal")
@@ -210,7 +215,9 @@ class Dashboard(QMainWindow):
         t.setRowCount(len(containers))
         for i, c in enumerate(containers):
             t.setItem(i, 0, QTableWidgetItem(c.name))
-            t.setItem(i, 1, QTableWidgetItem(c.image))
+            image = QTableWidgetItem(c.image)
+            image.setToolTip(c.image)
+            t.setItem(i, 1, image)
             state = QTableWidgetItem(c.status or c.state)
             state.setForeground(_brush(STATE_COLOURS.get(c.state, "#202124")))
             t.setItem(i, 2, state)
@@ -223,6 +230,8 @@ class Dashboard(QMainWindow):
             t.setItem(i, 4, QTableWidgetItem(_created(c.created)))
             if selected is not None and c.id == selected.id:
                 t.selectRow(i)
+        t.resizeColumnToContents(1)
+        t.setColumnWidth(1, min(t.columnWidth(1), IMAGE_COLUMN_MAX))
         t.blockSignals(False)
         it = self.image_table
         it.setRowCount(len(images))

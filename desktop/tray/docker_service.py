@@ -85,10 +85,19 @@ def _ports(raw: list[dict[str, Any]] | None) -> list[PortLink]:
     return sorted(out, key=lambda pl: (pl.host_port, pl.proto))
 
 
+def image_name(ref: str) -> str:
+    """An image as people read it: its repo:tag, or a short ID (12 hex digits, as
+    `docker ps` shows) for an image known only by its digest."""
+    digest = ref[len("sha256:"):] if ref.startswith("sha256:") else ref
+    if len(digest) == 64 and all(ch in "0123456789abcdef" for ch in digest):
+        return digest[:12]
+    return ref
+
+
 def container_row(c: dict[str, Any]) -> ContainerRow:
     names = c.get("Names") or [c.get("Id", "")[:12]]
     return ContainerRow(
-        id=c.get("Id", ""), name=names[0].lstrip("/"), image=c.get("Image", ""),
+        id=c.get("Id", ""), name=names[0].lstrip("/"), image=image_name(c.get("Image", "")),
         state=c.get("State", ""), status=c.get("Status", ""), created=int(c.get("Created", 0)),
         ports=_ports(c.get("Ports")),
     )

@@ -82,6 +82,31 @@ def test_lists_containers_images_volumes(env: Env) -> None:
     assert env.dash.banner.text() == "Cove is running — 2 containers"
 
 
+def test_an_untagged_or_long_image_name_keeps_state_and_ports_in_view(env: Env) -> None:
+    """Real data: a container of an untagged image shows its image as `sha256:` and 64
+    hex digits, and registry paths run long. The column shows a short ID, cuts long
+    names (the whole name in the tooltip), and the window needs no horizontal scroll."""
+    from tests.helpers.tray_fakes import container
+
+    digest = "sha256:" + "9f" * 32
+    long_name = "registry.example.com:5000/team/platform/service-with-a-long-name:2026.12.01-rc1"
+    env.engine.containers = [container("d1" * 32, "built", digest),
+                             container("d2" * 32, "pushed", long_name)]
+    env.dash.refresh()
+    env.qtbot.waitUntil(lambda: env.names() == ["built", "pushed"], timeout=5000)
+    t = env.dash.container_table
+    assert t.item(0, 1).text() == "9f" * 6
+    assert t.item(1, 1).text() == long_name and t.item(1, 1).toolTip() == long_name
+    assert t.columnWidth(1) <= 220
+    env.dash.show()
+    env.qtbot.waitExposed(env.dash)
+    for width, height in ((960, 620), (1280, 800)):  # the default size, a 13" laptop's
+        env.dash.resize(width, height)
+        env.qtbot.waitUntil(lambda w=width: env.dash.width() == w, timeout=2000)
+        assert t.horizontalHeader().length() <= t.viewport().width(), \
+            f"State, Ports, Created pushed out of view at {width}x{height}"
+
+
 def test_port_link_opens_the_browser(env: Env) -> None:
     label = env.dash.container_table.cellWidget(1, 3)
     label.linkActivated.emit("http://localhost:8080/")
