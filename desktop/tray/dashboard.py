@@ -16,9 +16,11 @@ from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices, QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
@@ -42,6 +44,13 @@ from desktop.tray.docker_service import (
 )
 from desktop.tray.worker import Follower
 
+# The state filter's choices: which containers each keeps, by their state.
+RUNNING = frozenset({"running", "restarting", "paused"})
+STATE_FILTERS: dict[str, Callable[[str], bool]] = {
+    "All": lambda state: True,
+    "Running": lambda state: state in RUNNING,
+    "Not running": lambda state: state not in RUNNING,
+}
 IMAGE_COLUMN_MAX = 220  # px: wider image names are cut, their whole name in the tooltip
 STATE_COLOURS = {"running": "#1f9d6b", "exited": "#8a8f98", "created": "#8a8f98",
                  "paused": "#e8a317", "restarting": "#e8a317", "dead": "#d63a3a"}
@@ -98,7 +107,8 @@ class Dashboard(QMainWindow):
         self.open_url = open_url or QDesktopServices.openUrl
         self.open_terminal = open_terminal or terminal.open_terminal
         self.confirm = confirm or self._ask
-        self.containers: list[ContainerRow] = []
+        self.containers: list[ContainerRow] = []  # those shown (the filters applied)
+        self.all_containers: list[ContainerRow] = []
         self.images: list[ImageRow] = []
         self.volumes: list[VolumeRow] = []
         self.log_follower: Follower | None = None
@@ -126,6 +136,16 @@ class Dashboard(QMainWindow):
         b["Restart"].clicked.connect(lambda: self._container_action("restart", "Restarted"))
         b["Delete"].clicked.connect(self.delete_container)
         b["Terminal"].clicked.connect(self.terminal)
+        # Exited containers (a test suite leaves many) need not crowd out running ones.
+        self.container_filter = QLineEdit()
+        self.container_filter.setPlaceholderText("Filter by name or image")
+        self.container_filter.setClearButtonEnabled(True)
+        self.container_filter.textChanged.connect(self._apply_filters)
+        self.state_filter = QComboBox()
+        self.state_filter.addItems(list(STATE_FILTERS))
+        self.state_filter.currentIndexChanged.connect(self._apply_filters)
+        bar.addWidget(self.container_filter)
+        bar.addWidget(self.state_filter)
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
@@ -209,7 +229,8 @@ class Dashboard(QMainWindow):
     def show_rows(self, containers: list[ContainerRow], images: list[ImageRow],
                   volumes: list[VolumeRow]) -> None:
         selected = self.selected_container()
-        self.containers, self.images, self.volumes = containers, images, volumes
+        self.all_containers, self.images, self.volumes = containers, images, volumes
+        self.containers = containers = [c for c in containers if self._shown(c)]
         t = self.container_table
         t.blockSignals(True)
         t.setRowCount(len(containers))
@@ -252,6 +273,15 @@ class Dashboard(QMainWindow):
             self._stop_logs()
 
     # -- selection -----------------------------------------------------------------------
+
+    def _shown(self, c: ContainerRow) -> bool:
+        text = self.container_filter.text().strip().lower()
+        keeps = STATE_FILTERS[self.state_filter.currentText()]
+        return (not text or text in c.name.lower() or text in c.image.lower()) and \
+            keeps(c.state)
+
+    def _apply_filters(self) -> None:
+        self.show_rows(self.all_containers, self.images, self.volumes)
 
     def selected_container(self) -> ContainerRow | None:
         rows = self.container_table.selectionModel().selectedRows()

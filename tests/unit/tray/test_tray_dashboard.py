@@ -107,6 +107,26 @@ def test_an_untagged_or_long_image_name_keeps_state_and_ports_in_view(env: Env) 
             f"State, Ports, Created pushed out of view at {width}x{height}"
 
 
+def test_the_filters_keep_running_or_stopped_containers_or_a_name(env: Env) -> None:
+    assert env.names() == ["db", "web", "job"]
+    env.dash.state_filter.setCurrentText("Running")
+    assert env.names() == ["db", "web"]
+    env.dash.state_filter.setCurrentText("Not running")
+    assert env.names() == ["job"]
+    env.dash.state_filter.setCurrentText("All")
+    env.dash.container_filter.setText("NGINX")  # names and images, any case
+    assert env.names() == ["web"]
+    env.dash.container_filter.setText("o")  # db's image postgres, job
+    assert env.names() == ["db", "job"]
+    env.dash.container_table.selectRow(1)
+    assert env.dash.selected_container().name == "job"  # rows map to what is shown
+    env.dash.refresh()  # a refresh keeps the filters
+    env.qtbot.wait(300)
+    assert env.names() == ["db", "job"]
+    env.dash.container_filter.clear()
+    assert env.names() == ["db", "web", "job"]
+
+
 def test_port_link_opens_the_browser(env: Env) -> None:
     label = env.dash.container_table.cellWidget(1, 3)
     label.linkActivated.emit("http://localhost:8080/")
