@@ -22,12 +22,14 @@ log = logging.getLogger(__name__)
 
 class EngineSocket:
     """`link` gives the guest link of this boot; `check` is the docker.sock guard's;
-    `use(why)` wraps each connection's life (the Resource Saver: it wakes the VM first
-    and learns from each request whether the connection keeps the VM awake)."""
+    `use(why, held)` wraps each connection's life (the Resource Saver: it wakes the VM
+    first and learns from each request and answer whether the connection keeps the VM
+    awake)."""
 
     def __init__(self, inst: Instance, link: Callable[[], Link | None],
                  check: apiguard.Check,
-                 use: Callable[[str], AbstractContextManager[Any]] | None = None) -> None:
+                 use: Callable[[str, bool], AbstractContextManager[Any]] | None = None
+                 ) -> None:
         self.inst = inst
         self._link = link
         self._check = check
@@ -41,10 +43,11 @@ class EngineSocket:
         if self._use is None:
             self._forward(conn, None)
             return
-        with self._use("docker") as use:
-            self._forward(conn, use.request_seen)
+        with self._use("docker", False) as use:
+            self._forward(conn, use.request_seen, use.response_ended)
 
-    def _forward(self, conn: Stream, on_request: Callable[[Any], None] | None) -> None:
+    def _forward(self, conn: Stream, on_request: Callable[[Any], None] | None,
+                 on_response_end: Callable[[], None] | None = None) -> None:
         link = self._link()
         assert link is not None
         try:
@@ -53,7 +56,8 @@ class EngineSocket:
             log.warning("engine connection failed: %s", e)
             conn.close()
             return
-        apiguard.guarded_pipe(conn, up, self._check, on_request=on_request)
+        apiguard.guarded_pipe(conn, up, self._check, on_request=on_request,
+                              on_response_end=on_response_end)
 
     def forward_docker_engine(self, conn: Stream) -> None:
         """The docker_engine pipe: to the VM, or while Windows containers are active to

@@ -1,20 +1,21 @@
 """Resource Saver: an idle VM rests (its vCPUs paused) and the next use wakes it.
 
-Idle means, for `resource_saver_minutes` in a row: no container running, no client
-connection open on the engine socket or a published port, none opened, and no control
-request that needs the guest. Then the guest's vCPUs are paused (QMP `stop`, Hyper-V's
-Suspend-VM): the host spends nothing on it but its memory. The first use wakes it before
-it is served, never refused: a connection to the engine socket or to a published port,
-a control request that needs the guest (`wake`, `cove shell`, logs, stop). The clock is
+Idle means, for `resource_saver_minutes` in a row: no container running, no engine
+API request being answered (see `Connection`), no connection open to a published port,
+none opened, and no control request that needs the guest. Then the guest's vCPUs are
+paused (QMP `stop`, Hyper-V's Suspend-VM): the host spends nothing on it but its memory.
+The first use wakes it before it is served, never refused: a connection to the engine
+socket or to a published port, a control request that needs the guest (`wake`,
+`cove shell`, logs, stop). The clock is
 set after the wake, as after a host's sleep.
 
 What does not keep the VM awake:
+* an engine API connection kept alive between requests (an SDK's connection pool): it
+  holds the VM awake only while one of its requests is being answered (`Connection`).
 * a connection that says it is passive (``X-Cove-Passive: 1`` on its requests): the
   tray's `docker events` stream and its refreshes, which would otherwise keep it awake
   for ever. A passive request still wakes a resting VM (it needs the engine); it just
   does not count as a use, and its connection left open does not hold the VM awake.
-* an open `docker events` (or any connection) is activity; a stream open on a paused VM
-  simply carries on after the wake.
 * the control API's passive requests (`status`, `ping`, `ports`, `events`): served from
   what the backend knows.
 """
@@ -40,27 +41,50 @@ REQUEST_GRACE = 5.0
 
 
 class Connection:
-    """One client connection's share in keeping the VM awake (see `ResourceSaver.use`)."""
+    """One client connection's share in keeping the VM awake (see `ResourceSaver.use`).
 
-    def __init__(self, saver: ResourceSaver) -> None:
+    A connection of raw bytes (a published port) holds the VM awake while it is open.
+    An engine API connection holds it while one of its requests is unanswered: a
+    streamed answer (`logs -f`, `events`, a build's progress) until it ends, an attach,
+    exec or upgrade until the connection closes. A kept-alive connection between
+    requests (an SDK's pool) holds nothing, nor does a passive request.
+    """
+
+    def __init__(self, saver: ResourceSaver, held: bool) -> None:
         self._saver = saver
-        self.active = True
+        self.active = False  # holding the VM awake
+        self._waiting = 0  # requests sent, not yet answered (passive ones not counted)
+        self._passive: list[bool] = []  # per request in flight, in order
+        if held:
+            self._set(True)
+
+    def _set(self, active: bool) -> None:
+        if active and not self.active:
+            self.active = True
+            self._saver._hold(self)
+        elif not active and self.active:
+            self.active = False
+            self._saver._release(self)
 
     def request_seen(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """A request on this connection: a passive one lets the VM rest."""
+        """A request on this connection (the engine answers them in order)."""
         passive = any(k.lower() == PASSIVE_HEADER and v.strip() == b"1" for k, v in headers)
         # Every request needs the engine, a passive one too (a kept-alive connection may
         # carry one after the VM went to rest): woken first; only others count as a use.
         self._saver.requested()
         self._saver.wake("docker", use=not passive)
-        if passive and self.active:
-            self.active = False
-            self._saver._release(self)
-        elif not passive:
-            if not self.active:
-                self.active = True
-                self._saver._hold(self)
+        self._passive.append(passive)
+        if not passive:
+            self._waiting += 1
+            self._set(True)
+
+    def response_ended(self) -> None:
+        """The engine's answer to the oldest request in flight has ended."""
+        if self._passive and not self._passive.pop(0):
+            self._waiting -= 1
             self._saver.touch()
+            if self._waiting <= 0:
+                self._set(False)
 
 
 class ResourceSaver:
@@ -128,17 +152,16 @@ class ResourceSaver:
         self._on_wake(time.monotonic() - t0, why)
 
     @contextmanager
-    def use(self, why: str) -> Iterator[Connection]:
-        """A client connection's life: the VM is woken first, and kept awake while the
-        connection is open, unless its requests say they are passive."""
+    def use(self, why: str, held: bool = True) -> Iterator[Connection]:
+        """A client connection's life: the VM is woken first. With `held` it is kept
+        awake while the connection is open; else while its requests are answered
+        (`Connection.request_seen`, `Connection.response_ended`)."""
         self.wake(why)
-        c = Connection(self)
-        self._hold(c)
+        c = Connection(self, held)
         try:
             yield c
         finally:
-            if c.active:
-                self._release(c)
+            c._set(False)
             self.touch()
 
     def _hold(self, c: Connection) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ AGENT_VERSION = "0.1.0"
 ENGINE_VERSION = "26.1.5"
 KERNEL = "6.6.30-cove"
 HTTP_REPLY = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+KEEP_ALIVE_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
 ECHO_TRAILER = b"<eof>"  # sent by the fake engine after the client's half-close
 # An attach, as Docker's clients send it, and the engine's answer that makes the
 # connection a raw stream (the fake engine echoes it).
@@ -72,6 +74,7 @@ class FakeEngine:
         self.connections = 0
         self.wedged = False  # True: requests are read and never answered
         self.running = 0  # containers GET /containers/json lists
+        self.keep_alive = False  # True: HTTP/1.1 GETs are answered on a kept-alive connection
         self.vm_paused: Any = lambda: False  # a request that arrives while True is noted
         self.while_paused: list[bytes] = []
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -119,8 +122,15 @@ class FakeEngine:
                         conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
                                      b"\r\n" + body.encode())
                         return
-                    if self.wedged:  # a stopped (or deadlocked) engine: no answer
-                        self._closing.wait(30)
+                    if self.wedged:  # a stopped (or deadlocked) engine: no answer, and
+                        # the connection held until it is not wedged any more (or 30 s)
+                        deadline = time.monotonic() + 30
+                        while self.wedged and time.monotonic() < deadline and \
+                                not self._closing.wait(0.05):
+                            pass
+                        return
+                    if self.keep_alive and b" HTTP/1.1\r\n" in data:
+                        self._keep_alive(conn, data)
                         return
                     conn.sendall(HTTP_REPLY)
                     return
@@ -130,6 +140,24 @@ class FakeEngine:
                 conn.sendall(ECHO_TRAILER)
             except OSError:
                 pass
+
+    def _keep_alive(self, conn: socket.socket, data: bytes) -> None:
+        """HTTP/1.1 answers on one connection, one request head after another."""
+        first = True  # noted by the caller already
+        while True:
+            head, sep, data = data.partition(b"\r\n\r\n")
+            if not sep:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data = head + chunk
+                continue
+            if not first:
+                self.received.append(head + sep)
+                if self.vm_paused():
+                    self.while_paused.append(head + sep)
+            first = False
+            conn.sendall(KEEP_ALIVE_REPLY)
 
     def close(self) -> None:
         self._closing.set()

@@ -142,8 +142,9 @@ def _shutdown(*streams: Stream, how: int = socket.SHUT_RDWR) -> None:
 class _Responses:
     """The engine->client direction: copies the engine's bytes, following their framing."""
 
-    def __init__(self, link: _Link) -> None:
+    def __init__(self, link: _Link, on_end: Callable[[], None] | None = None) -> None:
         self.link = link
+        self.on_end = on_end
         self.status = 0  # of the response being read
 
     def run(self) -> None:
@@ -221,6 +222,8 @@ class _Responses:
         elif isinstance(event, h11.EndOfMessage):
             link.cycle()
             link.outcomes.put(("done", self.status))
+            if self.on_end is not None:
+                self.on_end()
         return None
 
 
@@ -285,12 +288,13 @@ class _Requests:
 
     def __init__(self, link: _Link, check: Check,
                  on_binds: Callable[[list[str]], None] | None,
-                 on_request: Callable[[list[tuple[bytes, bytes]]], None] | None = None
-                 ) -> None:
+                 on_request: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
+                 on_answered: Callable[[], None] | None = None) -> None:
         self.link = link
         self.check = check
         self.on_binds = on_binds
         self.on_request = on_request
+        self.on_answered = on_answered  # the guard answered a request itself
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_CAP)
         self.pending: list[bytes] = []  # for the engine, sent before the next read or wait
         self.chunked = False  # the request being sent is sent in chunks
@@ -506,6 +510,8 @@ class _Requests:
                                           reason=_reason(status)))
         out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
         self.link.to_client(out)
+        if self.on_answered is not None:
+            self.on_answered()
         self._next_cycle()
 
     def _refuse_and_close(self, status: int, message: str) -> NoReturn:
@@ -583,8 +589,8 @@ class _Requests:
 
 def guarded_pipe(client: Stream, engine: Stream, check: Check,
                  on_binds: Callable[[list[str]], None] | None = None,
-                 on_request: Callable[[list[tuple[bytes, bytes]]], None] | None = None
-                 ) -> None:
+                 on_request: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
+                 on_response_end: Callable[[], None] | None = None) -> None:
     """Relay between a docker client and the engine until both directions end, then close
     both, as `guest_engine.relay.pipe` does; the requests `routes.checked_kind` names
     pass `check` first.
@@ -596,14 +602,17 @@ def guarded_pipe(client: Stream, engine: Stream, check: Check,
     `check` refuses the request with a 500. `on_binds`, if given, gets the host folders
     each checked request sent to the engine binds (normalized, the VM's docker.sock left
     out), as `make_check`'s does; pass it to one of them only. `on_request`, if given,
-    gets each request's headers (lower-case names) as it is read.
+    gets each request's headers (lower-case names) as it is read; `on_response_end`, if
+    given, is called when one of the engine's responses has ended (not for a stream that
+    went raw: an attach, an exec, an upgrade), and when the guard answered one itself.
     Blocks the calling thread; the engine->client direction runs on a helper thread.
     """
     link = _Link(client, engine)
-    t = threading.Thread(target=_Responses(link).run, daemon=True, name="apiguard")
+    t = threading.Thread(target=_Responses(link, on_response_end).run, daemon=True,
+                         name="apiguard")
     t.start()
     try:
-        _Requests(link, check, on_binds, on_request).run()
+        _Requests(link, check, on_binds, on_request, on_response_end).run()
         t.join()
     finally:
         client.close()

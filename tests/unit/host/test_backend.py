@@ -39,6 +39,7 @@ from tests.helpers.fakes import (
     ECHO_TRAILER,
     ENGINE_VERSION,
     HTTP_REPLY,
+    KEEP_ALIVE_REPLY,
     KERNEL,
     FakeDriver,
     FakeEngine,
@@ -1393,25 +1394,60 @@ def test_a_running_container_keeps_the_vm_awake(make_cove: Callable[..., Cove]) 
     c.wait_event("resting")
 
 
-def test_an_open_connection_keeps_the_vm_awake_and_a_passive_one_does_not(
-        make_cove: Callable[..., Cove]) -> None:
+def _recv_reply(s: socket.socket, reply: bytes) -> None:
+    got = b""
+    while len(got) < len(reply):
+        chunk = s.recv(4096)
+        assert chunk, f"the connection ended after {got!r}"
+        got += chunk
+    assert got == reply
+
+
+def test_a_request_being_answered_keeps_the_vm_awake(make_cove: Callable[..., Cove]) -> None:
+    """A streamed answer (`docker logs -f`, `docker events`) holds the VM awake until it
+    ends; here the engine holds its answer back."""
     c = make_cove().running()
+    c.engine.wedged = True
     c.request("resource_saver", minutes=REST_MINUTES)
-    with _unix(c.inst.docker_socket) as s:  # a client that holds its connection open
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(b"GET /events HTTP/1.1\r\nHost: docker\r\n\r\n")
         time.sleep(2.5)
         assert c.driver.paused_calls == 0
         assert c.request("status")["resource_saver"]["open_connections"] == 1
+    c.engine.wedged = False
     c.wait_event("resting")
-    n = len(c.events())
-    # The tray's way: its requests say they are passive, so its open stream lets the VM
-    # rest again (opening it woke the VM: nothing reaches a paused guest).
+
+
+def test_a_kept_alive_connection_between_requests_lets_the_vm_rest(
+        make_cove: Callable[..., Cove]) -> None:
+    """An SDK's connection pool keeps its connection open between requests: idle, it
+    holds nothing; its next request wakes the VM and is answered."""
+    c = make_cove().running()
+    c.engine.keep_alive = True
+    c.engine.vm_paused = lambda: c.driver.paused
+    c.request("resource_saver", minutes=REST_MINUTES)
+    ping = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
     with _unix(c.inst.docker_socket) as s:
-        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\nX-Cove-Passive: 1\r\n\r\n")
-        assert _recv_all(s) == HTTP_REPLY
+        s.sendall(ping)
+        _recv_reply(s, KEEP_ALIVE_REPLY)
+        n = len(c.events())
+        c.wait_event("resting", after=n)
+        s.sendall(ping)  # on the same connection
+        _recv_reply(s, KEEP_ALIVE_REPLY)
+        assert c.driver.resumed_calls == 1
+        assert c.engine.while_paused == []
+
+
+def test_a_passive_connection_lets_the_vm_rest(make_cove: Callable[..., Cove]) -> None:
+    """The tray's way: its requests say they are passive, so even its answer being
+    streamed (its `docker events`) lets the VM rest; opening it woke the VM."""
+    c = _resting(make_cove)
+    c.engine.wedged = True  # the answer never ends, as an events stream's
+    n = len(c.events())
+    with _unix(c.inst.docker_socket) as s:
+        s.sendall(b"GET /events HTTP/1.1\r\nHost: docker\r\nX-Cove-Passive: 1\r\n\r\n")
         c.wait_event("running", after=n)
-        with _unix(c.inst.docker_socket) as held:
-            held.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nX-Cove-Passive: 1\r\n\r\n")
-            c.wait_event("resting", after=n)
+        c.wait_event("resting", after=n + 1)
     assert c.driver.paused_calls == 2
 
 
