@@ -194,19 +194,27 @@ class Agent:
     def touch(self, changes: list) -> int:
         """Raise inotify events for host-side changes: chmod each path to the mode the
         host reported (a no-op on the host, an IN_ATTRIB for watchers in the VM).
-        Only paths inside a mounted share are touched; returns how many were."""
+        Only paths inside a mounted share are touched; returns how many were.
+
+        An item may carry the change time the host read with the mode ([path, mode,
+        ctime_ns]): a path whose inode changed since (a container's chmod meanwhile)
+        is left alone, so the host's older mode never undoes it."""
         roots = [sh["path"] for sh in self.info.shares if not sh.get("error")]
         done = 0
         for item in changes:
             try:
                 path, mode = str(item[0]), int(item[1])
+                extra = item[2] if len(item) > 2 else None  # else ignored, as before
+                ctime = extra if isinstance(extra, int) and not isinstance(extra, bool) \
+                    else None
             except (TypeError, ValueError, LookupError):  # LookupError: a dict item
                 continue
             root = next((r for r in roots if _inside(path, [r])), None)
             if root is None or os.path.normpath(path) != path:
                 continue
             try:
-                done += _chmod_beneath(root, path[len(root):].strip("/"), mode & 0o7777)
+                done += _chmod_beneath(root, path[len(root):].strip("/"), mode & 0o7777,
+                                       ctime)
             except OSError:
                 pass  # gone again, or not a folder on the way
         return done
@@ -414,11 +422,12 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r + "/") for r in roots)
 
 
-def _chmod_beneath(root: str, rel: str, mode: int) -> int:
+def _chmod_beneath(root: str, rel: str, mode: int, ctime: int | None = None) -> int:
     """chmod `rel` under `root` without following a symlink anywhere on the way: each
     folder is opened from the one before with O_NOFOLLOW, so a container that swaps a
     folder for a symlink meanwhile gets ENOTDIR, never a chmod outside the share. A
-    symlink at the end is left alone (Linux has no lchmod). 1 if done, else 0."""
+    symlink at the end is left alone (Linux has no lchmod), and so is an inode changed
+    after `ctime` (ns), when given. 1 if done, else 0."""
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(root, flags | os.O_DIRECTORY)
     try:
@@ -431,8 +440,11 @@ def _chmod_beneath(root: str, rel: str, mode: int) -> int:
             nxt = os.open(parts[-1], flags, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        if stat.S_ISLNK(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
             return 0
+        if ctime is not None and st.st_ctime_ns > ctime:
+            return 0  # changed since the host read its mode: that mode is older
         os.chmod(f"/proc/self/fd/{fd}", mode)  # the very inode opened above
         return 1
     finally:

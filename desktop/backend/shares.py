@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -207,7 +208,18 @@ class BootShares:
         if channel is None or not channel.connected.is_set():
             return
         # The VM's paths: on Windows C:\\Users\\me\\x is /mnt/host/c/Users/me/x there.
-        moved = [[vm, c.mode] for c in changes if (vm := self.vm_path_of(c.path)) is not None]
+        # Each with its mode and change time read now: the agent leaves a path alone
+        # whose inode changed after that (a container's chmod in the meantime must not
+        # be turned back to the mode read here).
+        moved = []
+        for c in changes:
+            if (vm := self.vm_path_of(c.path)) is None:
+                continue
+            try:
+                st = os.lstat(c.path)
+            except OSError:
+                continue  # gone again: its folder's change is reported
+            moved.append([vm, stat.S_IMODE(st.st_mode), st.st_ctime_ns])
         if not moved:
             return
         try:

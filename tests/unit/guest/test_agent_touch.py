@@ -4,6 +4,7 @@ chmods inside mounted shares, and nowhere else. Shares are plain folders under t
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,17 @@ def test_a_folder_swapped_for_a_symlink_meanwhile_never_leads_the_chmod_out(
         stop.set()
         t.join()
     assert _mode(tree.outside / "secret") == 0o644
+
+
+def test_a_path_changed_after_the_hosts_reading_is_left_alone(ag: agent.Agent,
+                                                              tree: Tree) -> None:
+    """The host read 0644 and its change time; then a container made the file
+    executable. The host's older mode must not undo that (it raced a `chmod +x`)."""
+    read = tree.file.stat()
+    time.sleep(0.01)
+    tree.file.chmod(0o755)  # the container's chmod, after the host's reading
+    assert ag.touch([[str(tree.file), stat.S_IMODE(read.st_mode), read.st_ctime_ns]]) == 0
+    assert _mode(tree.file) == 0o755
+    now = tree.file.stat()  # a reading after the chmod: applied (the same mode here)
+    assert ag.touch([[str(tree.file), 0o700, now.st_ctime_ns]]) == 1
+    assert _mode(tree.file) == 0o700

@@ -24,6 +24,13 @@ import pytest
 from desktop.services import filewatch
 from desktop.services.filewatch import Change
 
+# watchdog's inotify backend (what runs its kind here) warns from its own thread when a
+# new folder's watch is added twice ("Callback with id ... already exists"): its own
+# bookkeeping, harmless, and not the backend Cove uses on macOS or Windows. With every
+# warning an error, that warning would end its thread.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Callback with id .* already exists:RuntimeWarning")
+
 WAIT = 5.0
 POLL_INTERVAL = 0.05
 
