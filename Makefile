@@ -8,7 +8,7 @@ export COVE_HOME ?= $(HOME)/.cove
 
 APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap squashfs-tools kmod \
 	cpio gcc libc6-dev qemu-user-static binfmt-support arch-test \
-	systemd-boot-efi dosfstools mtools binutils \
+	systemd-boot-efi dosfstools mtools binutils clang \
 	busybox-static ca-certificates iproute2 python3-venv docker-registry \
 	xvfb xauth libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0 libxcb-render-util0 \

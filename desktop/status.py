@@ -141,6 +141,9 @@ class Status(TypedDict, total=False):
     data_disk: dict[str, Any]  # the guest's last reading: size, free (bytes), level
     # minutes (0: off), resting, wakes, open_connections, idle_seconds
     resource_saver: dict[str, Any]
+    # the guest's share guard programs attached: no set-uid bit reaches a 9p or virtiofs
+    # share (empty: not loaded, and those shares are not mounted; see the boot errors)
+    share_guard: list[str]
 
 
 DISK_LEVELS = ("ok", "low", "full")  # the guest's words for the data disk's fill

@@ -110,6 +110,7 @@ class Agent:
             "agent_start": self.agent_start,
             "engine_ready_at": self.engine.ready_at,
             "errors": self.info.errors,
+            "share_guard": self.info.share_guard,
         }
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ REQUIRED_TOOLS = {
     "mksquashfs": "squashfs-tools",
     "depmod": "kmod",
     "dpkg-query": "dpkg",
+    "clang": "clang",  # the share guard's BPF object (files/share-guard.bpf.c)
 }
 
 
@@ -541,6 +542,7 @@ def _install_agent(root: Path, key: str) -> None:
         poweroff.unlink()
     shutil.copy2(HERE / "files/poweroff", poweroff)
     poweroff.chmod(0o755)
+    _build_share_guard(root)
     (root / "etc/cove").mkdir(parents=True, exist_ok=True)
     (root / "etc/cove/image.json").write_text(json.dumps({"key": key}))
     (root / "etc/hostname").write_text("cove\n")
@@ -552,6 +554,16 @@ def _install_agent(root: Path, key: str) -> None:
     # Byte-compile the agent now so each boot does not (the root is read-only).
     _run(["chroot", str(root), "python3", "-m", "compileall", "-q",
           "/usr/lib/python3/dist-packages/guest_engine"], "byte-compile the agent")
+
+
+def _build_share_guard(root: Path) -> None:
+    """Compile the share guard (`guest_engine.boot.shareguard`) into the root. BPF code
+    is the same for every little-endian guest; CO-RE relocates it to the kernel at load."""
+    out = root / "usr/lib/cove/share-guard.bpf.o"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run(["clang", "-O2", "-g", "-target", "bpfel", "-Wall", "-Werror", "-c",
+          str(HERE / "files/share-guard.bpf.c"), "-o", str(out)],
+         "compile the share guard (BPF)")
 
 
 def _initramfs(root: Path, kver: str) -> bytes:

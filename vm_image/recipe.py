@@ -74,6 +74,7 @@ PACKAGES = (
     "xz-utils",  # the engine shells out to xz for .xz image layers
     "ca-certificates",  # registries over TLS
     "dropbear-bin",  # `cove shell` / ssh into the VM
+    "bpftool",  # loads the share guard (`guest_engine.boot.shareguard`) at boot
     # Containers of another architecture: QEMU's static user-mode emulators and their
     # binfmt_misc entries (/usr/lib/binfmt.d), registered by the agent at boot
     # (`guest_engine.boot.binfmt`); all but `Arch.emulators` are pruned.

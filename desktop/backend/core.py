@@ -154,6 +154,7 @@ class Backend:
             "docker_engine": self.engine_socket.status(),
             "data_disk": dict(self.data_disk),
             "resource_saver": self.saver.status(),
+            "share_guard": list(self.agent_hello.get("share_guard") or []),
         }
 
     def shares_pending(self) -> bool:

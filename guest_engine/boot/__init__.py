@@ -8,8 +8,9 @@ missing data disk or secret is fatal to the engine, not to the agent):
 1. `early`, what the engine needs before it starts:
    kernel modules (`kernel`); the other architectures' emulators (`binfmt`); the
    host's boot config, from fw_cfg or over vsock
-   (`config`, `vsock`); sysctls (`kernel`); root's home out of /root and the host's
-   virtiofs and 9p shares, link shares marked pending (`shares`); the data disk (`disk`).
+   (`config`, `vsock`); sysctls (`kernel`); root's home out of /root; the share guard
+   (`shareguard`), then the host's virtiofs and 9p shares, link shares marked pending
+   (`shares`); the data disk (`disk`).
 2. The agent starts the engine (dockerd waits for the pending link shares).
 3. `late`, while the engine starts: the network and the resolver (`network`), the
    balloon device (`kernel`).
@@ -33,6 +34,7 @@ from guest_engine.boot import (
     kernel,
     network,
     paths,
+    shareguard,
     shares,
     system,
     vsock,
@@ -54,6 +56,7 @@ class BootInfo:
         self.resolver: dict = {}
         self.shares: list[dict] = []
         self.binfmt: list[str] = []  # the other architectures' emulators registered
+        self.share_guard: list[str] = []  # its programs attached (`shareguard`)
         self.errors: list[str] = []
         self.vsock: socket.socket | None = None  # the link's vsock listener, if any
 
@@ -80,7 +83,14 @@ def early(info: BootInfo) -> None:
         shares.relocate_root_home()
     except OSError as e:
         info.errors.append(f"root home: {e}")
-    info.shares = shares.mount_shares(info.config.get("shares") or [])
+    guard_error = ""
+    try:
+        info.share_guard = shareguard.load()
+    except (OSError, RuntimeError) as e:
+        guard_error = f"the share guard (no set-uid bits in shares) did not load: {e}"
+        info.errors.append(guard_error)
+        log.error("%s", guard_error)
+    info.shares = shares.mount_shares(info.config.get("shares") or [], guard_error)
     for sh in info.shares:
         if sh["error"] and not sh.get("pending"):
             info.errors.append(f"share {sh['path']}: {sh['error']}")
@@ -109,4 +119,4 @@ def late(info: BootInfo) -> None:
 
 
 __all__ = ["BootInfo", "mount_filesystems", "early", "late", "config", "disk", "filesystems",
-           "kernel", "network", "paths", "shares", "system", "vsock"]
+           "kernel", "network", "paths", "shareguard", "shares", "system", "vsock"]

@@ -56,8 +56,12 @@ def relocate_root_home() -> None:
     os.environ["HOME"] = str(paths.VM_ROOT_HOME)
 
 
-def mount_shares(shares: list) -> list[dict]:
-    """Mount each host folder at its own path; [{path, transport, tag, error}]."""
+def mount_shares(shares: list, guard_error: str = "") -> list[dict]:
+    """Mount each host folder at its own path; [{path, transport, tag, error}].
+
+    With `guard_error` (the share guard did not load) no virtiofs or 9p share is mounted:
+    over those a container's set-uid bit would reach the host. Link shares still are
+    (the host's own server drops those bits)."""
     out = []
     loaded: set[str] = set()
     for sh in shares:
@@ -73,6 +77,10 @@ def mount_shares(shares: list) -> list[dict]:
             entry["error"] = "waiting for the host's file server"
             entry["pending"] = True
             continue  # mounted once the link is up (`mount_link_share`)
+        if guard_error:
+            entry["error"] = (f"not mounted: {guard_error}; share it over the link "
+                              "transport (cove shares add PATH --transport link)")
+            continue
         modules = ["virtiofs"] if transport == "virtiofs" else ["9pnet_virtio", "9p"]
         for m in modules:
             if m not in loaded:

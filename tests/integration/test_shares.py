@@ -281,25 +281,47 @@ def test_parallel_writers_and_readers(cove: Cove, hello_image: str, share: Path)
     assert all((share / f"c{i}").read_bytes() == seed2 for i in range(1, 5))
 
 
-def test_a_set_uid_bit_a_container_sets_never_reaches_the_host_over_link(
+SUID_SCRIPT = (
+    "chmod 6755 /w/prog; echo chmod=$?; chmod u+s /w/prog; echo u+s=$?; "
+    "chmod g+s /w/prog; echo g+s=$?; "
+    # A create that asks for the bits (cp makes the copy with its source's mode).
+    "cp /bin/busybox /s && chmod 4755 /s && cp /s /w/copied; echo cp=$?; "
+    # A folder keeps set-gid (group inheritance; never run as a program).
+    "mkdir /w/d && chmod g+s /w/d; echo dir=$?; ls -ld /w/d")
+
+
+def test_no_set_uid_bit_a_container_sets_reaches_the_host_over_any_transport(
         cove: Cove, hello_image: str, shares: dict[str, Path]) -> None:
-    """A container that marks a file set-uid (or set-gid) on a link share leaves the host
-    a plain executable: Cove's 9P server drops both bits, on chmod and on create. Over 9p
-    and virtiofs run as root the bits reach the host (Cove says so at start: the
-    shares_note event), which this test records so a change either way is seen."""
-    got: dict[str, int] = {}
+    """Over 9p and virtiofs QEMU and virtiofsd apply a guest's chmod as it is, so the
+    guest's share guard (a BPF LSM program) refuses set-uid and set-gid bits on files in
+    shares with EPERM, for a container and for VM root; the link server also drops them
+    on the host. Without the guard, run as root, the bits reach the host over 9p and
+    virtiofs (this test's last form recorded exactly that)."""
+    assert cove.status()["share_guard"] == ["cove_share_chmod", "cove_share_mknod"]
     for transport in TRANSPORTS:
         d = shares[transport] / f"suid-{uuid.uuid4().hex[:8]}"
         d.mkdir()
         (d / "prog").write_text("#!/bin/sh\n")
-        run(cove, hello_image, d, "chmod 6755 /w/prog && chmod u+s,g+s /w/prog && "
-            "touch /w/made && chmod 4755 /w/made && ls -l /w/prog")
-        got[transport] = (d / "prog").stat().st_mode & 0o7777
-        if transport == "link":
-            assert (d / "made").stat().st_mode & 0o7777 == 0o755
-    assert got["link"] == 0o755, oct(got["link"])
-    if os.geteuid() == 0:  # passthrough as root keeps the guest's modes: the noted risk
-        assert got["9p"] & 0o6000 and got["auto"] & 0o6000, {k: oct(v) for k, v in got.items()}
+        (d / "prog").chmod(0o755)
+        got = run(cove, hello_image, d, SUID_SCRIPT).stdout
+        assert "chmod=1\nu+s=1\ng+s=1\n" in got, (transport, got)
+        # A folder may keep set-gid over 9p and virtiofs; the link server drops it too.
+        folder_mode = 0o755 if transport == "link" else 0o2755
+        assert "dir=0" in got, (transport, got)
+        assert (d / "prog").stat().st_mode & 0o7777 == 0o755, transport
+        copied = d / "copied"
+        assert not copied.exists() or copied.stat().st_mode & 0o6000 == 0, (transport, got)
+        assert (d / "d").stat().st_mode & 0o7777 == folder_mode, transport
+        # VM root is refused too: the guard sits in the guest's kernel, not in Docker.
+        in_vm = f"/mnt/host{d}" if transport == "link" else str(d)
+        vm = cove.cove("shell", "sh", "-c", f"chmod u+s {in_vm}/prog; echo rc=$?",
+                       check=False)
+        assert "rc=1" in vm.stdout, (transport, vm.stdout, vm.stderr)
+        assert (d / "prog").stat().st_mode & 0o7777 == 0o755, transport
+    # Outside the shares nothing changes: images keep their set-uid programs.
+    got = run(cove, hello_image, shares["9p"], "cp /bin/busybox /s && chmod 4755 /s && "
+              "ls -l /s").stdout
+    assert got.startswith("-rwsr-xr-x"), got
 
 
 def test_a_link_share_whose_stream_drops_is_mounted_again(

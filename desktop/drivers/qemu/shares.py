@@ -24,14 +24,6 @@ def _virtiofs_usable(os_name: str, virtiofsd: Virtiofsd | None,
     return virtiofsd.usable(is_root)
 
 
-# virtiofsd and QEMU's 9p apply the guest's chmod as it is: run as root, they let a
-# container leave a set-uid root file in a shared folder (Cove's own "link" server
-# strips those bits).
-ROOT_SHARES_NOTE = ("Cove runs as root: a container can leave set-uid files owned by root "
-                    "in folders shared over 9p or virtiofs; run Cove as your own user, or "
-                    "share them over the link transport")
-
-
 def resolve_shares(shares: list[tuple[str, str]], os_name: str,
                    virtiofsd: Virtiofsd | None, is_root: bool,
                    ) -> tuple[list[SharedFolder], list[str]]:
@@ -63,6 +55,7 @@ def resolve_shares(shares: list[tuple[str, str]], os_name: str,
                 notes.append(f"shares use 9p: {vfs_why}")
         require_folder(path)
         out.append(SharedFolder(path, f"cove{i}", transport))
-    if is_root and any(sh.transport in ("9p", "virtiofs") for sh in out):
-        notes.append(ROOT_SHARES_NOTE)
+    # virtiofsd and QEMU's 9p apply the guest's chmod as it is, set-uid bits too (owned by
+    # root when Cove runs as root): the guest's share guard refuses those
+    # (`guest_engine.boot.shareguard`), and Cove's own link server drops them.
     return out, notes

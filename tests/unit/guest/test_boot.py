@@ -415,11 +415,18 @@ def test_early_mounts_the_configs_shares_and_reports_errors(tmp_path: Path,
         order.append(f"disk blank={blank}")
         return "vdb", {"device": "vdb"}
 
+    def guard() -> list[str]:
+        order.append("guard")
+        return list(boot.shareguard.PROGRAMS)
+
     monkeypatch.setattr(boot.shares, "relocate_root_home", relocate)
+    monkeypatch.setattr(boot.shareguard, "load", guard)
     monkeypatch.setattr(boot.disk, "setup_data_disk", data_disk)
     info = boot.BootInfo()
     boot.early(info)
-    assert order == ["modules", "home", "disk blank=True"]  # as the host said
+    # The guard is in place before any share is mounted.
+    assert order == ["modules", "home", "guard", "disk blank=True"]  # as the host said
+    assert info.share_guard == list(boot.shareguard.PROGRAMS)
     assert [s["path"] for s in info.shares] == [str(ok), "/etc"]
     assert info.shares[0]["error"] == ""
     assert info.errors == [
@@ -435,11 +442,45 @@ def test_early_without_shares_in_the_config(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(boot.config, "read_boot_config", lambda: {"token": "t", "shares": None})
     monkeypatch.setattr(boot.kernel, "set_sysctls", lambda: None)
     monkeypatch.setattr(boot.shares, "relocate_root_home", lambda: None)
+    monkeypatch.setattr(boot.shareguard, "load", lambda: list(boot.shareguard.PROGRAMS))
     monkeypatch.setattr(boot.disk, "setup_data_disk", lambda blank=False: ("vdb", {}))
     info = boot.BootInfo()
     boot.early(info)
     assert info.shares == [] and info.errors == []
     assert fake_run.calls == []
+
+
+def test_early_without_the_share_guard_mounts_no_9p_or_virtiofs_share(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_run: FakeRun) -> None:
+    """The guard did not load: over 9p and virtiofs a container's set-uid bit would reach
+    the host, so those shares stay unmounted with an error naming the way out; a link
+    share (the host's server drops the bits) still waits for its stream."""
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    shares = [_share(tmp_path / "a", 0, "9p"), _share(tmp_path / "b", 1, "virtiofs"),
+              _share(tmp_path / "c", 2, "link")]
+    monkeypatch.setattr(boot.kernel, "load_modules", lambda: None)
+    monkeypatch.setattr(boot.config, "read_boot_config", lambda: {"token": "t", "shares": shares})
+    monkeypatch.setattr(boot.kernel, "set_sysctls", lambda: None)
+    monkeypatch.setattr(boot.shares, "relocate_root_home", lambda: None)
+    monkeypatch.setattr(boot.disk, "setup_data_disk", lambda blank=False: ("vdb", {}))
+
+    def guard() -> list[str]:
+        raise RuntimeError("the kernel's BPF LSM is not active (active: capability)")
+
+    monkeypatch.setattr(boot.shareguard, "load", guard)
+    info = boot.BootInfo()
+    boot.early(info)
+    assert fake_run.commands("mount") == []
+    why = ("the share guard (no set-uid bits in shares) did not load: the kernel's BPF LSM "
+           "is not active (active: capability)")
+    assert info.errors[0] == why and info.share_guard == []
+    for sh in info.shares[:2]:
+        assert sh["error"] == (f"not mounted: {why}; share it over the link transport "
+                               "(cove shares add PATH --transport link)")
+    assert info.shares[2]["pending"] is True
+    assert [e for e in info.errors if e.startswith("share ")] == [
+        f"share {sh['path']}: {sh['error']}" for sh in info.shares[:2]]
 
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh

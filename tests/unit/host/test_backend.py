@@ -1331,12 +1331,12 @@ def test_a_note_on_the_shares_is_an_event_the_cli_prints(
     from desktop import cli
 
     c = make_cove()
-    c.driver.share_notes = ["Cove runs as root: a container can leave set-uid files"]
+    c.driver.share_notes = ["shares use 9p: virtiofsd is not installed"]
     c.running()
     ev = c.wait_event("shares_note")
     assert ev["message"] == c.driver.share_notes[0]
     cli._print_step(ev)
-    assert "note: Cove runs as root" in capsys.readouterr().err
+    assert "note: shares use 9p: virtiofsd is not installed" in capsys.readouterr().err
 
 
 # -- Resource Saver ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from desktop.drivers.qemu.command import (
 )
 from desktop.drivers.qemu.disk import ensure_disk
 from desktop.drivers.qemu.driver import qmp_socket
-from desktop.drivers.qemu.shares import ROOT_SHARES_NOTE, resolve_shares
+from desktop.drivers.qemu.shares import resolve_shares
 from desktop.drivers.qemu.virtiofsd import Virtiofsd, find_virtiofsd
 from desktop.drivers.shares import SharedFolder
 from desktop.platform import hostinfo
@@ -559,8 +559,8 @@ def test_resolve_shares_auto_takes_virtiofs_where_usable(folders: list[str],
                                     (folders[2], "virtiofs")], "linux", vfs, is_root)
     assert shares == [_sf(folders[0], 0, "virtiofs"), _sf(folders[1], 1, "9p"),
                       _sf(folders[2], 2, "virtiofs")]
-    # As root, 9p and virtiofs apply a container's chmod u+s to the host's file as it is.
-    assert notes == ([ROOT_SHARES_NOTE] if is_root else [])
+    # Nothing to say, root or not: the guest's share guard keeps set-uid bits off the host.
+    assert notes == []
 
 
 def test_resolve_shares_c_virtiofsd_unprivileged_falls_back_to_9p(folders: list[str]) -> None:
@@ -587,7 +587,7 @@ def test_resolve_shares_without_virtiofsd(folders: list[str]) -> None:
     shares, notes = resolve_shares([(folders[0], "auto")], "linux", None, True)
     assert shares == [_sf(folders[0], 0, "9p")]
     assert notes == ["shares use 9p: virtiofsd is not installed (Debian: apt-get install "
-                     "virtiofsd, or qemu-system-common on Debian 12)", ROOT_SHARES_NOTE]
+                     "virtiofsd, or qemu-system-common on Debian 12)"]
     with pytest.raises(DriverError, match="over virtiofs: virtiofsd is not installed"):
         resolve_shares([(folders[0], "virtiofs")], "linux", None, True)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from guest_engine.boot import shareguard
 from tests.helpers.paths import REPO
 from tests.smoke import read_newc
 from vm_image import builder, recipe
@@ -426,7 +427,27 @@ def test_install_agent_puts_init_poweroff_and_the_agent_in_place(
     assert "/run/cove/agent.pid" in text and "kill -PWR" in text
     assert (root / "usr/lib/python3/dist-packages/guest_engine/agent.py").is_file()
     assert json.loads((root / "etc/cove/image.json").read_text()) == {"key": "amd64-test"}
-    assert [c[:2] for c in chrooted] == [["chroot", str(root)]] * 3
+    assert [c[:2] for c in chrooted if c[0] != "clang"] == [["chroot", str(root)]] * 3
+    assert [c[-1] for c in chrooted if c[0] == "clang"] == [
+        str(root / "usr/lib/cove/share-guard.bpf.o")]
+
+
+def test_the_share_guard_compiles_to_an_object_the_kernel_takes(tmp_path: Path) -> None:
+    """The real clang: the object has both LSM hooks, the BTF that CO-RE relocates
+    against the guest's kernel, and a licence the kernel accepts for an LSM program."""
+    root = tmp_path / "root"
+    builder._build_share_guard(root)
+    obj = root / "usr/lib/cove/share-guard.bpf.o"
+    sections = subprocess.run(["readelf", "-SW", str(obj)], capture_output=True, text=True,
+                              check=True).stdout
+    for name in ("lsm/path_chmod", "lsm/path_mknod", "license", ".BTF", ".BTF.ext"):
+        assert f" {name} " in sections, name
+    lic = subprocess.run(["readelf", "-x", "license", str(obj)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "GPL." in lic
+    symbols = subprocess.run(["readelf", "-sW", str(obj)], capture_output=True, text=True,
+                             check=True).stdout
+    assert all(f" {p}" in symbols for p in shareguard.PROGRAMS)
 
 
 def test_stale_build_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
