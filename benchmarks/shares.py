@@ -107,6 +107,7 @@ def _run(runs: int, bench: BenchVM, host: Path) -> tuple[list[Figure], str]:
 
     figures: dict[str, dict[str, list[float]]] = {}
     cli("shares", "remove", str(Path.home()), "--no-restart")
+    cli("shares", "remove", tempfile.gettempdir(), "--no-restart")
     cli("shares", "add", str(vfs), "--transport", "virtiofs", "--no-restart")
     cli("shares", "add", str(p9), "--transport", "9p", "--no-restart")
     cli("shares", "add", str(lnk), "--transport", "link", "--no-restart")

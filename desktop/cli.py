@@ -20,6 +20,7 @@ from typing import Any
 from desktop import __version__, context, lifecycle, windows_engine
 from desktop.control import ControlError
 from desktop.instance import DEFAULT_INSTANCE, Instance
+from desktop.platform import defaultsocket
 from desktop.settings import (
     GIB,
     MAX_RESOURCE_SAVER_MINUTES,
@@ -190,8 +191,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     inst = _instance(args)
     st = lifecycle.status_of(inst)
     engine, engine_text = _engine_mode(inst)
+    defaults = default_paths(inst, st)
     if args.json:
-        print(json.dumps({**st, "engine": engine}, indent=2))
+        print(json.dumps({**st, "engine": engine, "default_paths": defaults}, indent=2))
         return 0
     print(f"Cove ({st['instance']}): {st['state']}"
           + (" (its VM still runs without a backend)" if st.get("orphan_pid") else ""))
@@ -201,7 +203,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("docker", st["docker_host"]),
             ("context", st["context"]), ("cpus", st["cpus"]),
             ("memory", f"{st['memory'] / GIB:.1f} GiB"), ("disk", f"{st['disk'] / GIB:.0f} GiB"),
-            ("accel", st.get("accel") or "-"), ("uptime", f"{st.get('uptime', 0):.0f} s")]
+            ("accel", st.get("accel") or "-"), ("uptime", f"{st.get('uptime', 0):.0f} s"),
+            ("default", ", ".join(defaults) or (
+                "none" if sys.platform == "win32" else "none (cove setup default-socket)"))]
     if (saver := st.get("resource_saver")) is not None:
         minutes = saver.get("minutes", 0)
         rows.append(("saver", "off" if not minutes else
@@ -553,7 +557,10 @@ def _shell(inst: Instance, st: Any, args: argparse.Namespace) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     """`cove setup hyperv`: register the hvsock service the Hyper-V guest link uses (an
-    administrator's one-time step; everything after runs as the user)."""
+    administrator's one-time step; everything after runs as the user).
+    `cove setup default-socket`: point /var/run/docker.sock at the instance."""
+    if args.what == "default-socket":
+        return _setup_default_socket(args)
     from desktop.drivers import DriverError, hyperv
 
     if sys.platform != "win32":
@@ -565,6 +572,61 @@ def cmd_setup(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from e
     print(f"Hyper-V is set up for Cove (guest link service registered: {key})")
     return 0
+
+
+def _invoking_users_instance(args: argparse.Namespace) -> Instance:
+    """The instance of the user who ran `sudo cove ...` (not root's), unless COVE_HOME
+    names one: the default socket must point at that user's socket."""
+    sudo_user = os.environ.get("SUDO_USER")
+    if os.name == "posix" and os.geteuid() == 0 and sudo_user and sudo_user != "root" \
+            and not os.environ.get("COVE_HOME"):
+        import pwd
+
+        try:
+            home = Path(pwd.getpwnam(sudo_user).pw_dir) / ".cove"
+        except KeyError:
+            raise CliError(f"SUDO_USER {sudo_user!r} is not a user here; set COVE_HOME "
+                           "to the instance's folder's parent") from None
+        return Instance(args.instance, home=home)
+    return _instance(args)
+
+
+def _setup_default_socket(args: argparse.Namespace) -> int:
+    if sys.platform == "win32":
+        raise CliError("on Windows the docker CLI's default is the docker_engine pipe, "
+                       "which Cove serves while no other engine holds it (setting "
+                       "docker_engine_pipe); there is no socket to set up")
+    inst = _invoking_users_instance(args)
+    try:
+        if args.remove:
+            if defaultsocket.release(inst.docker_socket):
+                print(f"{defaultsocket.DEFAULT_SOCKET} no longer points at Cove "
+                      f"({inst.name})")
+            else:
+                print(f"{defaultsocket.DEFAULT_SOCKET} does not point at Cove ({inst.name}):"
+                      f" left as it is ({defaultsocket.describe()})")
+            return 0
+        if not inst.exists():
+            raise CliError(f"Cove ({inst.name}) does not exist; start it first (cove start)")
+        if not defaultsocket.points_at(inst.docker_socket):
+            _confirm(f"Point {defaultsocket.DEFAULT_SOCKET} at Cove ({inst.name})? Tools "
+                     "that use the default Docker socket will then use Cove.", args.force)
+        print(defaultsocket.claim(inst.docker_socket))
+    except defaultsocket.DefaultSocketError as e:
+        raise CliError(str(e)) from e
+    print("`cove delete` takes it back; so does `cove setup default-socket --remove`.")
+    return 0
+
+
+def default_paths(inst: Instance, st: Status) -> list[str]:
+    """The well-known engine paths Cove serves for `inst` now: /var/run/docker.sock when
+    it points at the instance; on Windows the docker_engine pipe when Cove holds it."""
+    if sys.platform == "win32":
+        from desktop.platform.winpipe import DOCKER_ENGINE
+
+        return [DOCKER_ENGINE] if (st.get("docker_engine") or {}).get("served") else []
+    ours = defaultsocket.points_at(inst.docker_socket)
+    return [str(defaultsocket.DEFAULT_SOCKET)] if ours else []
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -692,7 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--json", action="store_true", help="machine-readable status")
     su = add("setup", cmd_setup, "one-time, elevated host set-up (Windows: Hyper-V's guest "
              "link service)")
-    su.add_argument("what", choices=["hyperv"])
+    su.add_argument("what", choices=["hyperv", "default-socket"],
+                    help="hyperv (Windows); default-socket: point /var/run/docker.sock "
+                         "at this instance (as root; macOS and Linux)")
+    su.add_argument("--remove", action="store_true",
+                    help="default-socket: take /var/run/docker.sock back")
+    su.add_argument("--force", "-f", action="store_true", help="do not ask")
     sh = add("shell", cmd_shell, "a shell (or a command) in the VM, over SSH")
     sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run instead of a shell")
     add("version", cmd_version, "print Cove's version")

@@ -24,7 +24,7 @@ import vm_image
 from desktop import context, drivers, home, pidfile
 from desktop.control import ControlClient, ControlError
 from desktop.instance import Instance
-from desktop.platform import endpoints, processes, sockets
+from desktop.platform import defaultsocket, endpoints, processes, sockets
 from desktop.settings import GIB, MIB, SettingsError
 from desktop.status import Event, State, Status
 from guest_engine import dockerapi
@@ -265,15 +265,22 @@ def status_of(inst: Instance) -> Status:
 # -- delete / reset ----------------------------------------------------------------------
 
 
-def delete_instance(inst: Instance) -> list[str]:
-    """Stop the instance and delete its folder (data disk, settings, logs) and its docker
-    context; returns notes on what was left as it was (an unreadable config.json)."""
+def delete_instance(inst: Instance, release_default_socket: bool = True) -> list[str]:
+    """Stop the instance and delete its folder (data disk, settings, logs), its docker
+    context and /var/run/docker.sock when it points at it (`release_default_socket`);
+    returns notes on what was left as it was (an unreadable config.json, a default socket
+    only root may remove)."""
     stop_backend(inst)
     notes = []
     try:
         context.remove(inst.context_name, inst.previous_context)
     except context.ContextError as e:
         notes.append(f"the docker context {inst.context_name!r} was not removed: {e}")
+    if release_default_socket and os.name == "posix":  # set by `cove setup default-socket`
+        try:
+            defaultsocket.release(inst.docker_socket)
+        except defaultsocket.DefaultSocketError as e:
+            notes.append(str(e))
     if inst.exists():
         shutil.rmtree(inst.folder)
     return notes
@@ -282,7 +289,7 @@ def delete_instance(inst: Instance) -> list[str]:
 def reset_instance(inst: Instance) -> list[str]:
     """`delete_instance`, then an empty folder for a fresh start. Shared by `cove reset`
     and the tray's Troubleshoot window."""
-    notes = delete_instance(inst)
+    notes = delete_instance(inst, release_default_socket=False)  # the same path after
     inst.ensure_folder()
     return notes
 

@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ MAX_SHARES = 16
 
 
 def default_shares() -> list[Any]:
-    """The user's home folder; on macOS also where volumes and temporary files live."""
+    """The user's home folder and the temporary folder, so a bind of a folder a tool made
+    with `tempfile.mkdtemp()` works as it does on the engine's own socket; on macOS also
+    where volumes live and /private, /tmp's real place. On Windows the temporary folder
+    is inside the profile (AppData\\Local\\Temp), which is shared."""
     if sys.platform == "darwin":
         return [str(Path.home()), "/Volumes", "/private", "/tmp", "/var/folders"]
     if sys.platform == "win32":
@@ -64,7 +68,15 @@ def default_shares() -> list[Any]:
         except ValueError:
             return []  # a profile on a network share: nothing is shared by default
     home = Path.home()
-    return [str(home)] if home.is_dir() else []
+    out = [str(home)] if home.is_dir() else []
+    tmp = os.path.normpath(tempfile.gettempdir())
+    if os.path.isdir(tmp) and not any(_under(tmp, p) or _under(p, tmp) for p in out):
+        try:
+            parse_shares([tmp])  # e.g. TMPDIR=/var/tmp/x is fine, TMPDIR=/run/user/1000 not
+        except SettingsError:
+            return out
+        out.append(tmp)
+    return out
 
 
 def _under(path: str, root: str) -> bool:

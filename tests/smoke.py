@@ -4,7 +4,9 @@ Starts an instance (its own COVE_HOME and DOCKER_CONFIG unless given), checks th
 answers through Cove's socket with the docker CLI, builds a container image from the
 guest image's own static busybox (no registry needed), runs it, bind-mounts a folder of
 the home folder (the default share: on Windows served by Cove's own file server, its
-path translated) both ways, and deletes the instance. Used by the platform workflows
+path translated) both ways, builds with BuildKit (the buildx plugin, a cache mount the
+legacy builder refuses), runs a container of the other 64-bit architecture when that
+guest image is here, and deletes the instance. Used by the platform workflows
 (macOS, Windows) where the unit tests cannot boot anything, and runnable here.
 
     python -m tests.smoke [--arch amd64|arm64] [--cove "cove"] [--keep]
@@ -109,6 +111,46 @@ def bind_both_ways(s: Smoke) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def buildkit(s: Smoke, ctx: Path) -> None:
+    """A build through BuildKit (the buildx plugin): a cache mount, which the legacy
+    builder refuses ("the --mount option requires BuildKit")."""
+    s.run("the buildx plugin", ["docker", "buildx", "version"])
+    (ctx / "Dockerfile.bk").write_text(
+        "FROM cove-smoke\n"
+        "RUN --mount=type=cache,target=/cache echo built-with-buildkit > /bk\n")
+    s.docker("build with BuildKit", "buildx", "build", "--load", "-q", "-t", "cove-smoke-bk",
+             "-f", str(ctx / "Dockerfile.bk"), str(ctx))
+    out = s.docker("run the BuildKit image", "run", "--rm", "cove-smoke-bk", "cat", "/bk")
+    if out != "built-with-buildkit\n":
+        raise SystemExit(f"FAILED: the BuildKit image holds {out!r}")
+
+
+def other_arch(s: Smoke, arch: str, tmp: Path) -> None:
+    """A container of the other 64-bit architecture (`docker run --platform`), from that
+    architecture's guest image's busybox, when that image is here (`make images`)."""
+    import vm_image
+
+    other = "arm64" if arch == "amd64" else "amd64"
+    image = vm_image.find_image(other) or vm_image.latest_image(other)
+    if image is None:
+        print(f"-- a container of linux/{other}: not run (no {other} guest image here to "
+              "take its busybox from; `make images` builds it)")
+        return
+    root = tmp / f"rootfs-{other}"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/busybox").write_bytes(busybox_from_initramfs(image.initramfs))
+    (root / "bin/busybox").chmod(0o755)
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tmp / f"{other}.tar"), "."],
+                   check=True)
+    s.docker(f"import a linux/{other} image", "import", "--platform", f"linux/{other}",
+             str(tmp / f"{other}.tar"), f"cove-smoke-{other}")
+    out = s.docker(f"run a linux/{other} container", "run", "--rm", "--platform",
+                   f"linux/{other}", f"cove-smoke-{other}", "/bin/busybox", "uname",
+                   "-m").strip()
+    if out != UNAME[other]:
+        raise SystemExit(f"FAILED: the linux/{other} container says {out!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.smoke")
     p.add_argument("--arch", choices=sorted(ELF_MACHINE), default=None)
@@ -157,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if out != UNAME[arch]:
             raise SystemExit(f"FAILED: the container says {out!r}, expected {UNAME[arch]}")
         bind_both_ways(s)
+        buildkit(s, ctx)
+        other_arch(s, arch, tmp)
         print(f"smoke test passed: an {arch} container ran through Cove's socket and "
               "read and wrote a folder of the host")
         return 0

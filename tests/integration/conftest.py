@@ -132,7 +132,10 @@ def cove(cove_home: tuple[Path, Path], shares: dict[str, Path]) -> Iterator[Cove
     c = Cove(*cove_home)
     images = Path(c.env["COVE_IMAGES"])
     assert images.is_dir(), f"no guest images in {images}: run `make image` first"
-    c.cove("shares", "remove", str(Path.home()))  # the default share: not the tests'
+    # The default shares (home, the temporary folder) are not the tests': theirs are
+    # inside the temporary folder, and shares must not nest.
+    c.cove("shares", "remove", str(Path.home()))
+    c.cove("shares", "remove", tempfile.gettempdir(), check=False)
     for transport, path in shares.items():
         c.cove("shares", "add", str(path), "--transport", transport)
     # No Resource Saver: a test's pauses would rest the VM under the next one

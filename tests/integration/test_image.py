@@ -100,3 +100,46 @@ def test_a_container_of_the_other_architecture_runs(cove: Cove, other_arch_image
                        other_arch_image).stdout.strip() == arch
     vm = cove.cove("shell", "ls", "/proc/sys/fs/binfmt_misc").stdout.split()
     assert f"qemu-{machine}" in vm
+
+
+@pytest.fixture(scope="module")
+def armv7_image(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A linux/arm/v7 image made here: Debian's static busybox for armhf, fetched from the
+    mirror the guest image is built from (checked against the suite's index)."""
+    import lzma
+    import urllib.request
+
+    from vm_image import recipe
+
+    base = recipe.mirror().rstrip("/")
+    index = urllib.request.urlopen(
+        f"{base}/dists/{recipe.SUITE}/main/binary-armhf/Packages.xz", timeout=300).read()
+    stanza = next(s for s in lzma.decompress(index).decode().split("\n\n")
+                  if s.startswith("Package: busybox-static\n"))
+    fields = dict(line.split(": ", 1) for line in stanza.splitlines()
+                  if ": " in line and not line.startswith(" "))
+    deb = urllib.request.urlopen(f"{base}/{fields['Filename']}", timeout=300).read()
+    assert hashlib.sha256(deb).hexdigest() == fields["SHA256"]
+    d = tmp_path_factory.mktemp("armhf")
+    (d / "busybox.deb").write_bytes(deb)
+    subprocess.run(["dpkg-deb", "-x", str(d / "busybox.deb"), str(d / "x")], check=True)
+    (d / "rootfs/bin").mkdir(parents=True)
+    (d / "x/usr/bin/busybox").rename(d / "rootfs/bin/busybox")
+    data = (d / "rootfs/bin/busybox").read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 1 and data[18] == 0x28  # ELF32, EM_ARM
+    subprocess.run(["tar", "-C", str(d / "rootfs"), "-cf", str(d / "rootfs.tar"), "."],
+                   check=True)
+    cove.docker("import", "--platform", "linux/arm/v7", str(d / "rootfs.tar"),
+                "cove-armv7-busybox")
+    return "cove-armv7-busybox"
+
+
+def test_a_32_bit_arm_container_runs(cove: Cove, armv7_image: str) -> None:
+    """linux/arm/v7 (Raspberry Pi images, old IoT bases): QEMU's arm emulator, on amd64
+    hosts and on Apple silicon alike (it has no AArch32)."""
+    got = cove.docker("run", "--rm", "--platform", "linux/arm/v7", armv7_image,
+                      "/bin/busybox", "sh", "-c", "uname -m && echo $((6 * 7))")
+    assert got.stdout.split() == ["armv7l", "42"], got.stderr
+    assert cove.docker("image", "inspect", "-f", "{{.Architecture}}/{{.Variant}}",
+                       armv7_image).stdout.strip() == "arm/v7"
+    assert "qemu-arm" in cove.cove("shell", "ls", "/proc/sys/fs/binfmt_misc").stdout.split()

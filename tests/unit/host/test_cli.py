@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -501,9 +502,12 @@ def test_setup_hyperv_refused_off_windows(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_shares_add_stores_the_normal_form_and_finds_it_again(
-        cove_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        cove_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "src"
     folder.mkdir()
+    (tmp_path / "t").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "t"))  # the default share
     assert cli.main(["shares", "add", str(folder) + "/", "--no-restart"]) == 0
     assert cli.main(["shares", "add", str(folder) + "/./", "--no-restart"]) == 0
     assert "already shared" in capsys.readouterr().out

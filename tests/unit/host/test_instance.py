@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -580,10 +581,10 @@ def test_shares_round_trip_through_the_settings_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("platform", "expected"), [
-    ("linux", ["{home}"]),
+    ("linux", ["{home}", "{tmp}"]),
     ("darwin", ["{home}", "/Volumes", "/private", "/tmp", "/var/folders"]),
     ("win32", []),
-    ("freebsd14", ["{home}"]),
+    ("freebsd14", ["{home}", "{tmp}"]),
 ])
 def test_default_shares_per_platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                      platform: str, expected: list[str]) -> None:
@@ -591,9 +592,12 @@ def test_default_shares_per_platform(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     home = "/Users/me" if platform == "darwin" else str(tmp_path / "me")
     if platform != "darwin":
         Path(home).mkdir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # what gettempdir() answers
     monkeypatch.setenv("HOME", home)
     monkeypatch.setattr(sys, "platform", platform)
-    want = [p.replace("{home}", home) for p in expected]
+    want = [p.replace("{home}", home).replace("{tmp}", str(tmp)) for p in expected]
     assert settings.default_shares() == want
     assert Settings().shares == want
     # The defaults are valid shares (none nests in another or covers the VM's folders).
@@ -603,8 +607,26 @@ def test_default_shares_per_platform(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 def test_a_home_folder_that_does_not_exist_is_not_shared_by_default(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "nonexistent"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
     monkeypatch.setattr(sys, "platform", "linux")
     assert settings.default_shares() == []
+
+
+@pytest.mark.parametrize("where", ["home/tmp", "tmp-is-home", "missing", "/run/user/1000",
+                                   "/var/lib/docker/tmp"])
+def test_a_temporary_folder_that_cannot_be_shared_is_left_out(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str) -> None:
+    """Inside the home (already shared), holding the home (shares must not nest), missing,
+    or one of the VM's own folders: the home alone is shared by default."""
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    tmp = {"home/tmp": str(home / "tmp"), "tmp-is-home": str(tmp_path),
+           "missing": str(tmp_path / "gone")}.get(where, where)
+    monkeypatch.setattr(tempfile, "tempdir", tmp)
+    monkeypatch.setattr(os.path, "isdir", lambda p: p != str(tmp_path / "gone"))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert settings.default_shares() == [str(home)]
 
 
 def test_default_shares_fresh_list_each_time() -> None:
