@@ -11,13 +11,14 @@ never touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,22 @@ def cove(cove_home: tuple[Path, Path], shares: dict[str, Path]) -> Iterator[Cove
     # No Resource Saver: a test's pauses would rest the VM under the next one
     # (test_resource_saver.py turns it on for itself).
     c.cove("start", "--cpus", "2", "--memory", "2G", "--resource-saver", "0", timeout=900)
+    try:
+        yield c
+    finally:
+        keep_logs(c)
+        c.cove("delete", "--force", check=False, timeout=300)
+
+
+@contextlib.contextmanager
+def own_instance(cove_home: tuple[Path, Path], name: str, *start: str,
+                 before: Callable[[Cove], object] = lambda c: None) -> Iterator[Cove]:
+    """A module's own instance beside the session's: `before` (its settings), then
+    `cove start --cpus 2 --memory 2G --no-activate` plus `start`; its logs kept and the
+    instance deleted at the end."""
+    c = Cove(*cove_home, name=name)
+    before(c)
+    c.cove("start", "--cpus", "2", "--memory", "2G", "--no-activate", *start, timeout=900)
     try:
         yield c
     finally:

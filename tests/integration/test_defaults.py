@@ -24,21 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Cove, keep_logs
+from tests.integration.conftest import Cove, own_instance
 
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
 
 @pytest.fixture(scope="module")
 def fresh(cove_home: tuple[Path, Path]) -> Iterator[Cove]:
-    c = Cove(*cove_home, name="defaults")
-    c.cove("start", "--cpus", "2", "--memory", "2G", "--no-activate", "--resource-saver", "0",
-           timeout=900)
-    try:
+    with own_instance(cove_home, "defaults", "--resource-saver", "0") as c:
         yield c
-    finally:
-        keep_logs(c)
-        c.cove("delete", "--force", check=False, timeout=300)
 
 
 @pytest.fixture(scope="module")

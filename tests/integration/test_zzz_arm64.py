@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Cove, keep_logs
+from tests.integration.conftest import Cove, own_instance
 from tests.smoke import busybox_from_initramfs
 
 
@@ -34,15 +34,9 @@ def _arm64_busybox(dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def arm(cove_home: tuple[Path, Path]) -> Iterator[Cove]:
-    c = Cove(*cove_home, name="arm")
-    c.cove("shares", "remove", str(Path.home()), check=False)
-    c.cove("start", "--arch", "arm64", "--cpus", "2", "--memory", "2G", "--no-activate",
-           timeout=900)
-    try:
+    with own_instance(cove_home, "arm", "--arch", "arm64", before=lambda c: c.cove(
+            "shares", "remove", str(Path.home()), check=False)) as c:
         yield c
-    finally:
-        keep_logs(c)
-        c.cove("delete", "--force", check=False, timeout=300)
 
 
 def test_arm64_instance_reports_its_arch(arm: Cove) -> None:
