@@ -8,15 +8,18 @@ through a `Follower`. Nothing here blocks the GUI thread on the engine.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, QUrl
-from PySide6.QtGui import QDesktopServices, QFontDatabase
+from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -129,13 +132,15 @@ class Dashboard(QMainWindow):
             1, QHeaderView.ResizeMode.Interactive)
         self.container_table.itemSelectionChanged.connect(self._selection_changed)
         bar, self.container_buttons = _buttons("Start", "Stop", "Restart", "Delete",
-                                               "Terminal")
+                                               "Terminal", "Inspect")
         b = self.container_buttons
         b["Start"].clicked.connect(lambda: self._container_action("start", "Started"))
         b["Stop"].clicked.connect(lambda: self._container_action("stop", "Stopped"))
         b["Restart"].clicked.connect(lambda: self._container_action("restart", "Restarted"))
         b["Delete"].clicked.connect(self.delete_container)
         b["Terminal"].clicked.connect(self.terminal)
+        b["Inspect"].clicked.connect(self.inspect)
+        self.inspector: InspectDialog | None = None
         # Exited containers (a test suite leaves many) need not crowd out running ones.
         self.container_filter = QLineEdit()
         self.container_filter.setPlaceholderText("Filter by name or image")
@@ -317,6 +322,7 @@ class Dashboard(QMainWindow):
         b["Restart"].setEnabled(c is not None)
         b["Delete"].setEnabled(c is not None)
         b["Terminal"].setEnabled(c is not None and c.state == "running")
+        b["Inspect"].setEnabled(c is not None)
 
     # -- container actions ---------------------------------------------------------------
 
@@ -352,6 +358,22 @@ class Dashboard(QMainWindow):
             self.open_terminal(c.name, self.docker.base_url)
         except (terminal.TerminalError, OSError) as e:
             self.status(str(e))
+
+    def inspect(self) -> None:
+        """The container's `docker inspect` record, formatted, in a window of its own."""
+        c = self.selected_container()
+        if c is None:
+            return
+        self.status(f"Inspecting {c.name}…")
+
+        def show(record: dict[str, Any]) -> None:
+            if self.inspector is not None:
+                self.inspector.close()
+            self.inspector = InspectDialog(c.name, record, self)
+            self.inspector.show()
+            self.status(f"Inspected {c.name}")
+
+        self.worker.submit(lambda: self.docker.inspect(c.id), show, self.status)
 
     def open_link(self, url: str) -> None:
         self.open_url(QUrl(url))
@@ -417,6 +439,31 @@ class Dashboard(QMainWindow):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self._stop_logs()
         super().closeEvent(event)
+
+
+class InspectDialog(QDialog):
+    """One container's inspect record as indented JSON: read-only, selectable, and copied
+    whole to the clipboard by Copy."""
+
+    def __init__(self, name: str, record: dict[str, Any], parent: QWidget | None = None
+                 ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"Inspect {name}")
+        self.resize(720, 560)
+        self.text = json.dumps(record, indent=2)
+        self.view = QPlainTextEdit(self.text)
+        self.view.setReadOnly(True)
+        self.view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.copy_button = buttons.addButton("Copy", QDialogButtonBox.ButtonRole.ActionRole)
+        self.copy_button.clicked.connect(self.copy)
+        buttons.rejected.connect(self.close)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.view)
+        lay.addWidget(buttons)
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.text)
 
 
 def _brush(colour: str) -> Any:

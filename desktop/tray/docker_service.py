@@ -193,6 +193,10 @@ class DockerService:
     def remove(self, cid: str) -> None:
         self._call(lambda: self.client.api.remove_container(cid, force=True))
 
+    def inspect(self, cid: str) -> dict[str, Any]:
+        """The engine's whole record of the container (`docker inspect`)."""
+        return dict(self._call(lambda: self.client.api.inspect_container(cid)))
+
     def follow_logs(self, cid: str, tail: int = 500) -> LogStream:
         """The container's last `tail` lines, then new ones as they come (close() ends it)."""
         stream = self._call(lambda: self.client.api.logs(cid, stream=True, follow=True,

@@ -3,6 +3,7 @@ unix socket, driven through the real Docker SDK)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
+from PySide6.QtGui import QGuiApplication  # noqa: E402
 from pytestqt.qtbot import QtBot  # noqa: E402
 
 from desktop.instance import Instance  # noqa: E402
@@ -193,6 +195,37 @@ def test_terminal_runs_docker_exec_on_coves_socket(env: Env) -> None:
     env.dash.select_container("web")
     env.dash.container_buttons["Terminal"].click()
     assert env.terminals == [("web", f"unix://{env.inst.docker_socket}")]
+
+
+def test_inspect_shows_the_record_formatted_and_copies_it(env: Env) -> None:
+    b = env.dash.container_buttons
+    env.dash.container_table.clearSelection()
+    assert not b["Inspect"].isEnabled()
+    env.dash.select_container("job")  # not running: its record is there all the same
+    assert b["Inspect"].isEnabled()
+    b["Inspect"].click()
+    env.qtbot.waitUntil(lambda: env.dash.inspector is not None, timeout=5000)
+    dlg = env.dash.inspector
+    assert dlg is not None and dlg.windowTitle() == "Inspect job"
+    want = json.dumps({"Id": JOB, "Name": "/job", "Config": {"Tty": False,
+                                                             "Env": ["SECRET=x"]}}, indent=2)
+    assert dlg.view.toPlainText() == want and dlg.view.isReadOnly()
+    dlg.copy_button.click()
+    assert QGuiApplication.clipboard().text() == want
+    # Another container's replaces it (one inspect window at a time).
+    env.dash.select_container("web")
+    b["Inspect"].click()
+    env.qtbot.waitUntil(lambda: env.dash.inspector is not dlg, timeout=5000)
+    assert '"Name": "/web"' in env.dash.inspector.view.toPlainText()  # type: ignore[union-attr]
+
+
+def test_inspect_of_a_container_gone_meanwhile_says_so(env: Env) -> None:
+    env.dash.select_container("web")
+    env.engine.containers = [c for c in env.engine.containers if c["Id"] != WEB]
+    env.dash.container_buttons["Inspect"].click()
+    env.qtbot.waitUntil(lambda: "No such container" in env.dash.statusBar().currentMessage(),
+                        timeout=5000)
+    assert env.dash.inspector is None
 
 
 def test_refreshes_on_docker_events(env: Env) -> None:
