@@ -187,6 +187,9 @@ class Dashboard(QMainWindow):
         cl.addWidget(self.tabs)
         self.setCentralWidget(central)
 
+        self.status_label = QLabel()
+        self.statusBar().addPermanentWidget(self.status_label)
+
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(150)  # one refresh for a burst of events
@@ -209,6 +212,9 @@ class Dashboard(QMainWindow):
 
     def _state_changed(self, st: model.TrayState) -> None:
         self.banner.setText(model.status_line(st))
+        text, tip = model.status_bar(st)
+        self.status_label.setText(text)
+        self.status_label.setToolTip(tip)
         colour = {"running": "#e6f4ea", "error": "#fdecea"}.get(st.state, "#f1f3f4")
         self.banner.setStyleSheet(f"padding: 6px; background: {colour}; color: #202124;")
         if st.is_up and not self._was_up:

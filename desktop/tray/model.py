@@ -48,6 +48,12 @@ class TrayState:
     switching_to: str = ""
     orphan_pid: int | None = None  # stopped, but its VM runs on without a backend
     disk_note: str = ""  # the data disk is (nearly) full: what to do ("" while it has room)
+    # From the backend's status when the tray connects: the accelerator and why it is not
+    # the host's fast one, the docker context, Resource Saver's idle minutes (0: off).
+    accel: str = ""
+    accel_notes: list[str] = field(default_factory=list)
+    context: str = ""
+    saver_minutes: float | None = None
 
     @property
     def is_up(self) -> bool:
@@ -144,6 +150,11 @@ def apply_status(st: TrayState, status: dict[str, Any]) -> None:
                        for p in status.get("ports") or [] if p.get("state") in PortState.TROUBLE}
     if status.get("shares_pending"):
         st.restart_needed = True
+    st.accel = str(status.get("accel") or "")
+    st.accel_notes = [str(n) for n in status.get("accel_notes") or []]
+    st.context = str(status.get("context") or "")
+    saver = status.get("resource_saver")
+    st.saver_minutes = float(saver.get("minutes", 0)) if isinstance(saver, dict) else None
     disk = status.get("data_disk") or {}
     st.disk_note = data_disk_message(str(disk.get("level", "")), int(disk.get("size", 0)),
                                      int(disk.get("free", 0)),
@@ -191,6 +202,27 @@ def status_line(st: TrayState) -> str:
         return (f"Cove is stopped, but its VM (pid {st.orphan_pid}) still runs without a "
                 "backend; Start stops it cleanly and starts Cove again")
     return "Cove is stopped"
+
+
+def status_bar(st: TrayState) -> tuple[str, str]:
+    """The Dashboard's status bar: (its text, a tooltip with the whole reasons): the
+    engine's version, the accelerator (with the reason for a fallback), the docker
+    context and Resource Saver's state."""
+    parts: list[str] = []
+    tip: list[str] = []
+    if st.engine_version and (st.is_up or st.state == "resting"):
+        parts.append(f"Docker {st.engine_version}")
+    if st.accel:
+        why = _first_line(st.accel_notes[0]) if st.accel_notes else ""
+        parts.append(f"{st.accel} ({why})" if why else st.accel)
+        tip += [f"accelerator {st.accel}", *st.accel_notes]
+    if st.context:
+        parts.append(f"context {st.context}")
+    if st.saver_minutes is not None:
+        saver = ("off" if not st.saver_minutes else "resting" if st.state == "resting"
+                 else f"rests after {st.saver_minutes:g} idle min")
+        parts.append(f"Resource Saver: {saver}")
+    return " · ".join(parts), "\n".join(tip)
 
 
 def tooltip(st: TrayState) -> str:

@@ -45,6 +45,11 @@ class FakeBackend:
         self.history: list[dict[str, Any]] = []
         self.state = state
         self.engine_config_error = ""
+        # As the real status: the accelerator and why, the context, Resource Saver.
+        self.extra_status: dict[str, Any] = {
+            "accel": "tcg", "accel_notes": ["/dev/kvm cannot run this guest: software "
+                                            "emulation (slower)"],
+            "context": "cove-t", "resource_saver": {"minutes": 5.0, "resting": False}}
         self._subs: list[socket.socket] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -137,7 +142,7 @@ class FakeBackend:
                     "reason": "", "ssh_config": str(self.inst.folder / "ssh_config"),
                     "ports": [{"proto": p, "host_port": n, "state": "failed",
                                "reason": e.get("reason", ""), "container": e.get("container")}
-                              for (p, n), e in failed.items()]}
+                              for (p, n), e in failed.items()], **self.extra_status}
         if op == "stop":
             return "stopping"
         if op == "engine_config":

@@ -197,6 +197,17 @@ def test_terminal_runs_docker_exec_on_coves_socket(env: Env) -> None:
     assert env.terminals == [("web", f"unix://{env.inst.docker_socket}")]
 
 
+def test_the_status_bar_shows_engine_accelerator_context_and_saver(env: Env) -> None:
+    env.qtbot.waitUntil(lambda: env.dash.status_label.text() != "", timeout=5000)
+    assert env.dash.status_label.text() == (
+        "Docker 26.1.5 · tcg (/dev/kvm cannot run this guest: software emulation (slower)) "
+        "· context cove-t · Resource Saver: rests after 5 idle min")
+    assert env.dash.status_label.toolTip().startswith("accelerator tcg\n")
+    env.backend.emit("resting")
+    env.qtbot.waitUntil(lambda: env.dash.status_label.text().endswith(
+        "Resource Saver: resting"), timeout=5000)
+
+
 def test_inspect_shows_the_record_formatted_and_copies_it(env: Env) -> None:
     b = env.dash.container_buttons
     env.dash.container_table.clearSelection()

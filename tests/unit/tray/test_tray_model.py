@@ -202,3 +202,25 @@ def test_a_full_data_disk_is_a_notice_and_a_tooltip_line_until_it_has_room() -> 
     model.apply_status(fresh, {"state": "running", "disk": 8 * 2**30, "data_disk": {
         "size": 8 * 2**30, "free": 10 * 2**20, "level": "full"}})
     assert fresh.disk_note == msg
+
+
+def test_the_status_bar_names_engine_accelerator_context_and_saver() -> None:
+    st = TrayState()
+    model.apply_status(st, {"state": "running", "engine_version": "26.1.5", "accel": "tcg",
+                            "accel_notes": ["/dev/kvm cannot run this guest: software "
+                                            "emulation (slower)\nsecond line"],
+                            "context": "cove", "resource_saver": {"minutes": 5.0}})
+    text, tip = model.status_bar(st)
+    assert text == ("Docker 26.1.5 · tcg (/dev/kvm cannot run this guest: software emulation "
+                    "(slower)) · context cove · Resource Saver: rests after 5 idle min")
+    assert tip == ("accelerator tcg\n/dev/kvm cannot run this guest: software emulation "
+                   "(slower)\nsecond line")
+    apply_event(st, {"event": "resting"})
+    assert model.status_bar(st)[0].endswith("Resource Saver: resting")
+    assert model.status_bar(st)[0].startswith("Docker 26.1.5 · ")  # still up
+    model.apply_status(st, {"state": "running", "engine_version": "26.1.5", "accel": "kvm",
+                            "context": "cove", "resource_saver": {"minutes": 0}})
+    assert model.status_bar(st) == ("Docker 26.1.5 · kvm · context cove · Resource Saver: off",
+                                     "accelerator kvm")
+    model.apply_status(st, {"state": "stopped"})  # an older backend, or stopped: no fields
+    assert model.status_bar(st) == ("", "")
