@@ -44,6 +44,7 @@ from desktop.tray.docker_service import (
     ImageRow,
     VolumeRow,
     human_size,
+    users,
 )
 from desktop.tray.worker import Follower
 
@@ -168,14 +169,14 @@ class Dashboard(QMainWindow):
         self.tabs.addTab(split, "Containers")
 
         # Images
-        self.image_table = _table(["Tags", "ID", "Size", "Created"])
+        self.image_table = _table(["Tags", "ID", "Size", "Created", "In use by"])
         ibar, self.image_buttons = _buttons("Delete", "Prune unused")
         self.image_buttons["Delete"].clicked.connect(self.delete_image)
         self.image_buttons["Prune unused"].clicked.connect(self.prune_images)
         self.tabs.addTab(self._page(ibar, self.image_table), "Images")
 
         # Volumes
-        self.volume_table = _table(["Name", "Driver", "Mount point"])
+        self.volume_table = _table(["Name", "Driver", "Mount point", "In use by"])
         vbar, self.volume_buttons = _buttons("Delete", "Prune unused")
         self.volume_buttons["Delete"].clicked.connect(self.delete_volume)
         self.volume_buttons["Prune unused"].clicked.connect(self.prune_volumes)
@@ -265,6 +266,7 @@ class Dashboard(QMainWindow):
         t.resizeColumnToContents(1)
         t.setColumnWidth(1, min(t.columnWidth(1), IMAGE_COLUMN_MAX))
         t.blockSignals(False)
+        image_users, volume_users = users(self.all_containers)
         it = self.image_table
         it.setRowCount(len(images))
         for i, im in enumerate(images):
@@ -272,12 +274,14 @@ class Dashboard(QMainWindow):
             it.setItem(i, 1, QTableWidgetItem(im.id.removeprefix("sha256:")[:12]))
             it.setItem(i, 2, QTableWidgetItem(human_size(im.size)))
             it.setItem(i, 3, QTableWidgetItem(_created(im.created)))
+            it.setItem(i, 4, QTableWidgetItem(", ".join(image_users.get(im.id, []))))
         vt = self.volume_table
         vt.setRowCount(len(volumes))
         for i, v in enumerate(volumes):
             vt.setItem(i, 0, QTableWidgetItem(v.name))
             vt.setItem(i, 1, QTableWidgetItem(v.driver))
             vt.setItem(i, 2, QTableWidgetItem(v.mountpoint))
+            vt.setItem(i, 3, QTableWidgetItem(", ".join(volume_users.get(v.name, []))))
         self.tabs.setEnabled(self.controller.state.is_up or bool(containers))
         self._update_buttons()
         if (self.selected_container() or None) is None and self.log_container:

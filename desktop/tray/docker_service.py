@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 
 PASSIVE_HEADER = "X-Cove-Passive"
+COMPOSE_PROJECT = "com.docker.compose.project"  # the label Compose puts on its containers
 
 
 class DockerError(Exception):
@@ -54,6 +55,9 @@ class ContainerRow:
     status: str  # the engine's words: "Up 3 minutes"
     created: int
     ports: list[PortLink] = field(default_factory=list)
+    image_id: str = ""  # sha256:... of the image it runs
+    volumes: tuple[str, ...] = ()  # the named volumes it mounts
+    project: str = ""  # its Compose project ("" when Compose did not make it)
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,25 @@ def container_row(c: dict[str, Any]) -> ContainerRow:
     return ContainerRow(
         id=c.get("Id", ""), name=names[0].lstrip("/"), image=image_name(c.get("Image", "")),
         state=c.get("State", ""), status=c.get("Status", ""), created=int(c.get("Created", 0)),
-        ports=_ports(c.get("Ports")),
+        ports=_ports(c.get("Ports")), image_id=str(c.get("ImageID", "")),
+        volumes=tuple(str(m["Name"]) for m in c.get("Mounts") or []
+                      if m.get("Type") == "volume" and m.get("Name")),
+        project=str((c.get("Labels") or {}).get(COMPOSE_PROJECT, "")),
     )
+
+
+def users(containers: list[ContainerRow]) -> tuple[dict[str, list[str]],
+                                                    dict[str, list[str]]]:
+    """({image id: names of the containers made from it}, {volume: names of those that
+    mount it}), stopped containers included: they keep an image and a volume in use."""
+    images: dict[str, list[str]] = {}
+    volumes: dict[str, list[str]] = {}
+    for c in sorted(containers, key=lambda c: c.name):
+        if c.image_id:
+            images.setdefault(c.image_id, []).append(c.name)
+        for v in c.volumes:
+            volumes.setdefault(v, []).append(c.name)
+    return images, volumes
 
 
 def image_row(i: dict[str, Any]) -> ImageRow:

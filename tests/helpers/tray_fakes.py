@@ -183,21 +183,29 @@ class FakeBackend:
 
 
 def container(cid: str, name: str, image: str, state: str = "running",
-              ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"Id": cid, "Names": [f"/{name}"], "Image": image, "State": state,
+              ports: list[dict[str, Any]] | None = None, image_id: str = "",
+              volumes: tuple[str, ...] = (), labels: dict[str, str] | None = None
+              ) -> dict[str, Any]:
+    """A container as GET /containers/json lists it (the fields the dashboard reads)."""
+    return {"Id": cid, "Names": [f"/{name}"], "Image": image, "ImageID": image_id,
+            "State": state,
             "Status": "Up 2 minutes" if state == "running" else "Exited (0) 1 hour ago",
-            "Created": 1_790_000_000, "Ports": ports or []}
+            "Created": 1_790_000_000, "Ports": ports or [], "Labels": labels or {},
+            "Mounts": [{"Type": "volume", "Name": v, "Destination": f"/{v}",
+                        "Driver": "local"} for v in volumes]
+            + [{"Type": "bind", "Source": "/home/me", "Destination": "/src"}]}
 
 
 def default_containers() -> list[dict[str, Any]]:
     return [
-        container("c1" * 32, "web", "nginx:1.27", ports=[
+        container("c1" * 32, "web", "nginx:1.27", image_id="sha256:" + "a" * 64, ports=[
             {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
             {"IP": "::", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
             {"IP": "0.0.0.0", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"}]),
-        container("c2" * 32, "db", "postgres:16", ports=[
+        container("c2" * 32, "db", "postgres:16", volumes=("pgdata",), ports=[
             {"IP": "127.0.0.1", "PrivatePort": 5432, "PublicPort": 5432, "Type": "tcp"}]),
-        container("c3" * 32, "job", "busybox", state="exited"),
+        container("c3" * 32, "job", "busybox", state="exited", volumes=("pgdata",),
+                  image_id="sha256:" + "a" * 64),
     ]
 
 

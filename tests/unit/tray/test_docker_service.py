@@ -69,3 +69,19 @@ def test_the_trays_requests_say_they_are_passive(engine: tuple[_Engine, Path]) -
     pings = [h for h in e.heads if h.startswith(b"GET /v1.45/_ping") or b"/_ping" in h]
     assert pings, e.heads
     assert all(b"\r\nx-cove-passive: 1\r\n" in h.lower() for h in pings), pings
+
+
+def test_rows_carry_image_volumes_and_compose_project_and_users_counts_them() -> None:
+    from desktop.tray.docker_service import container_row, users
+    from tests.helpers.tray_fakes import container
+
+    a = container_row(container("a" * 64, "api", "app:1", image_id="sha256:" + "1" * 64,
+                                volumes=("data", "cache"),
+                                labels={"com.docker.compose.project": "shop"}))
+    b = container_row(container("b" * 64, "old", "app:1", state="exited",
+                                image_id="sha256:" + "1" * 64, volumes=("data",)))
+    assert (a.image_id, a.volumes, a.project) == ("sha256:" + "1" * 64, ("data", "cache"),
+                                                  "shop")
+    assert b.project == ""  # not made by Compose; the bind mount is no volume
+    assert users([b, a]) == ({"sha256:" + "1" * 64: ["api", "old"]},
+                             {"data": ["api", "old"], "cache": ["api"]})

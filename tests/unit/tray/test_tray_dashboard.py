@@ -129,6 +129,15 @@ def test_the_filters_keep_running_or_stopped_containers_or_a_name(env: Env) -> N
     assert env.names() == ["db", "web", "job"]
 
 
+def test_images_and_volumes_say_which_containers_use_them(env: Env) -> None:
+    """A stopped container keeps its image and volume in use, as the engine sees it."""
+    it, vt = env.dash.image_table, env.dash.volume_table
+    assert it.horizontalHeaderItem(4).text() == "In use by"
+    assert [it.item(i, 4).text() for i in range(it.rowCount())] == ["job, web", ""]
+    assert vt.horizontalHeaderItem(3).text() == "In use by"
+    assert vt.item(0, 0).text() == "pgdata" and vt.item(0, 3).text() == "db, job"
+
+
 def test_port_link_opens_the_browser(env: Env) -> None:
     label = env.dash.container_table.cellWidget(1, 3)
     label.linkActivated.emit("http://localhost:8080/")

@@ -1,0 +1,290 @@
+"""The tools developers point at Cove's socket, with the real clients on the host: a
+Compose project (a build, a healthcheck another service waits on, a bind of a host
+folder, a published port, a named volume, a user-defined network; `up --build`, logs,
+exec, `down -v`; `watch` syncing a host edit), a registry (Debian's docker-registry,
+run as a container: push, pull, `docker login` with the CLI's credential store), and
+BuildKit's `--target` and `--ssh`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Cove
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, check: object, timeout: float = 90) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = check()  # type: ignore[operator]
+            if got:
+                return got
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def _http(port: int, path: str = "/", auth: str = "") -> bytes:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read()
+
+
+COMPOSE = """\
+services:
+  web:
+    build:
+      context: ./web
+    command: [sh, -c, "echo web-up; exec httpd -f -p 8080 -h /www"]
+    volumes:
+      - ./www:/www:ro
+    ports:
+      - "127.0.0.1:{port}:8080"
+    networks: [back]
+    healthcheck:
+      test: [CMD, wget, -q, -O, /dev/null, "http://127.0.0.1:8080/index.html"]
+      interval: 1s
+      timeout: 3s
+      retries: 60
+  app:
+    image: {hello}
+    depends_on:
+      web:
+        condition: service_healthy
+    command: [sh, -c, "wget -q -O /data/got http://web:8080/index.html; exec sleep 3600"]
+    volumes:
+      - data:/data
+    networks: [back]
+  sync:
+    build:
+      context: ./web
+    command: [sleep, "3600"]
+    develop:
+      watch:
+        - action: sync
+          path: ./src
+          target: /src
+volumes:
+  data:
+networks:
+  back:
+"""
+
+
+@pytest.fixture
+def project(cove: Cove, hello_image: str, shares: dict[str, Path]) -> Iterator[tuple[str, Path]]:
+    """A Compose project in a shared folder (its bind mount must be shared)."""
+    d = shares["auto"] / _name("compose-")
+    (d / "web").mkdir(parents=True)
+    (d / "www").mkdir()
+    (d / "src").mkdir()
+    (d / "web" / "Dockerfile").write_text(f"FROM {hello_image}\nRUN echo built > /built\n")
+    (d / "www" / "index.html").write_text("from the host folder\n")
+    (d / "src" / "app.txt").write_text("v1\n")
+    port = _free_port()
+    (d / "compose.yaml").write_text(COMPOSE.format(port=port, hello=hello_image))
+    name = _name("p")
+    try:
+        yield name, d
+    finally:
+        cove.docker("compose", "-p", name, "-f", str(d / "compose.yaml"), "down", "-v",
+                    "-t", "1", check=False, timeout=300)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_compose_project_builds_waits_on_health_and_comes_down(
+        cove: Cove, project: tuple[str, Path]) -> None:
+    name, d = project
+    up = ["compose", "-p", name, "-f", str(d / "compose.yaml")]
+    cove.docker(*up, "up", "--build", "-d", "web", "app", timeout=600)
+    port = int(cove.docker(*up, "port", "web", "8080").stdout.strip().rsplit(":", 1)[1])
+    # From the host, through Cove's forward of the published port.
+    assert _wait("the web service from the host", lambda: _http(port, "/index.html")) == \
+        b"from the host folder\n"
+    # The app started only once web was healthy, and reached it by name on the network.
+    got = _wait("app's fetch", lambda: cove.docker(*up, "exec", "-T", "app", "cat",
+                                                     "/data/got", check=False).stdout)
+    assert got == "from the host folder\n"
+    # One JSON object per line (Compose 2.21 and later).
+    ps = [json.loads(line) for line in
+          cove.docker(*up, "ps", "--format", "json").stdout.splitlines() if line.strip()]
+    health = {p["Service"]: p.get("Health", "") for p in ps}
+    assert health["web"] == "healthy", ps
+    assert cove.docker(*up, "exec", "-T", "web", "cat", "/built").stdout == "built\n"
+    assert "web-up" in cove.docker(*up, "logs", "web").stdout
+    volume = f"{name}_data"
+    assert cove.docker("volume", "inspect", volume, check=False).returncode == 0
+    cove.docker(*up, "down", "-v", "-t", "1", timeout=300)
+    assert cove.docker("volume", "inspect", volume, check=False).returncode != 0
+    assert cove.docker("network", "inspect", f"{name}_back", check=False).returncode != 0
+    assert cove.docker(*up, "ps", "-a", "-q").stdout.strip() == ""
+
+
+def test_compose_watch_syncs_a_host_edit_into_the_container(
+        cove: Cove, project: tuple[str, Path]) -> None:
+    name, d = project
+    up = ["compose", "-p", name, "-f", str(d / "compose.yaml")]
+    cove.docker(*up, "up", "--build", "-d", "sync", timeout=600)
+    watch = subprocess.Popen(["docker", "--context", cove.context, *up, "watch", "sync"],
+                             env=cove.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        time.sleep(3)  # watch takes its first look at the tree
+        assert watch.poll() is None, watch.communicate()[0]
+        (d / "src" / "app.txt").write_text("v2, edited on the host\n")
+
+        def synced() -> bool:
+            got = cove.docker(*up, "exec", "-T", "sync", "cat", "/src/app.txt", check=False)
+            return got.stdout == "v2, edited on the host\n"
+
+        _wait("the edit in the container", synced, timeout=120)
+    finally:
+        watch.terminate()
+        try:
+            out = watch.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            out = watch.communicate()[0]
+    assert "Syncing" in out or "sync" in out.lower(), out
+
+
+# -- a registry ------------------------------------------------------------------------------
+
+REGISTRY_CONFIG = """\
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+auth:
+  htpasswd:
+    realm: cove-test
+    path: /etc/docker/registry/htpasswd
+"""
+
+
+@pytest.fixture(scope="module")
+def registry(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """Debian's docker-registry (the host's binary and the libc it links), as an image
+    built here and run with its port published: the engine in the VM pushes to
+    localhost:PORT, which the host reaches through Cove's forward. htpasswd auth, user
+    cove / password s3cret-pw."""
+    import bcrypt
+
+    binary = Path(shutil.which("docker-registry") or "/usr/bin/docker-registry")
+    assert binary.exists(), "docker-registry is not installed (make deps installs it)"
+    d = tmp_path_factory.mktemp("registry")
+    libs = [line.split("=>")[-1].split("(")[0].strip() for line in subprocess.run(
+        ["ldd", str(binary)], capture_output=True, text=True, check=True).stdout.splitlines()
+        if "/" in line]
+    lines = ["FROM scratch", "COPY docker-registry /bin/docker-registry"]
+    for i, lib in enumerate(libs):
+        shutil.copy(lib, d / f"lib{i}")
+        lines.append(f"COPY lib{i} {lib}")
+    shutil.copy(binary, d / "docker-registry")
+    (d / "config.yml").write_text(REGISTRY_CONFIG)
+    pw = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=5)).decode()
+    (d / "htpasswd").write_text(f"cove:{pw}\n")
+    lines += ["COPY config.yml /etc/docker/registry/config.yml",
+              "COPY htpasswd /etc/docker/registry/htpasswd",
+              'ENTRYPOINT ["/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]']
+    (d / "Dockerfile").write_text("\n".join(lines) + "\n")
+    tag = _name("cove-registry-")
+    cove.docker("build", "-q", "-t", tag, str(d), timeout=600)
+    port = _free_port()
+    name = _name("registry")
+    cove.docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5000", tag)
+    try:
+        _wait("the registry through Cove's forward", lambda: _http(
+            port, "/v2/", auth="cove:s3cret-pw") == b"{}", timeout=120)
+        yield port
+    finally:
+        cove.docker("rm", "-f", name, check=False)
+        cove.docker("rmi", "-f", tag, check=False)
+
+
+def test_docker_login_push_and_pull_with_a_local_registry(
+        cove: Cove, hello_image: str, registry: int, tmp_path: Path) -> None:
+    port = registry
+    ref = f"localhost:{port}/cove/hello:{uuid.uuid4().hex[:6]}"
+    cove.docker("tag", hello_image, ref)
+    # Unauthenticated: the registry refuses, and the error reaches the CLI.
+    denied = cove.docker("push", ref, check=False, timeout=300)
+    assert denied.returncode != 0 and "no basic auth credentials" in (
+        denied.stderr + denied.stdout), denied.stderr
+    # `docker login` keeps the credentials where the CLI keeps them (its config's store);
+    # each push then carries them to the engine in the VM (X-Registry-Auth).
+    got = cove.docker("login", f"localhost:{port}", "-u", "cove", "--password-stdin",
+                      input="s3cret-pw\n")
+    assert "Login Succeeded" in got.stdout
+    config = json.loads((cove.docker_config / "config.json").read_text())
+    assert f"localhost:{port}" in config.get("auths", {}), config
+    try:
+        cove.docker("push", ref, timeout=300)
+        catalog = json.loads(_http(port, "/v2/_catalog", auth="cove:s3cret-pw"))
+        assert "cove/hello" in catalog["repositories"]
+        cove.docker("rmi", ref)
+        cove.docker("pull", ref, timeout=300)
+        assert cove.docker("run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
+    finally:
+        cove.docker("logout", f"localhost:{port}", check=False)
+        cove.docker("rmi", "-f", ref, check=False)
+
+
+# -- BuildKit: --target and --ssh ----------------------------------------------------------
+
+
+def test_buildx_target_and_ssh_forwarding(cove: Cove, hello_image: str,
+                                          tmp_path: Path) -> None:
+    """`--target` stops at the named stage; `--ssh default` forwards the host's SSH agent
+    into a RUN step (BuildKit's session carries it through Cove's socket)."""
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {hello_image} AS first\n"
+        "RUN echo first > /stage\n"
+        "RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo agent-forwarded > /ssh\n"
+        f"FROM {hello_image} AS second\n"
+        "RUN echo second > /stage\n")
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True)
+    env = dict(cove.env)
+    for part in agent.stdout.replace("\n", ";").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
+            env[key] = value
+    tag = _name("target")
+    try:
+        got = subprocess.run(
+            ["docker", "--context", cove.context, "buildx", "build", "--progress", "plain",
+             "--load", "--target", "first", "--ssh", "default", "-t", tag, str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert got.returncode == 0, got.stderr
+        out = cove.docker("run", "--rm", tag, "cat", "/stage", "/ssh").stdout
+        assert out == "first\nagent-forwarded\n"
+    finally:
+        os.kill(int(env["SSH_AGENT_PID"]), 15)
+        cove.docker("rmi", "-f", tag, check=False)
