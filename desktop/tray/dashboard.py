@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, QUrl
@@ -58,6 +59,42 @@ STATE_FILTERS: dict[str, Callable[[str], bool]] = {
 IMAGE_COLUMN_MAX = 220  # px: wider image names are cut, their whole name in the tooltip
 STATE_COLOURS = {"running": "#1f9d6b", "exited": "#8a8f98", "created": "#8a8f98",
                  "paused": "#e8a317", "restarting": "#e8a317", "dead": "#d63a3a"}
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    """A Compose project's header row: its containers (those the filters keep) follow it
+    unless it is collapsed."""
+
+    name: str
+    members: tuple[ContainerRow, ...]
+
+    @property
+    def running(self) -> int:
+        return sum(c.state in RUNNING for c in self.members)
+
+    @property
+    def summary(self) -> str:
+        return f"{self.running} of {len(self.members)} running"
+
+
+def grouped(containers: list[ContainerRow], collapsed: set[str]
+            ) -> list[ContainerRow | ProjectRow]:
+    """The table's rows: each Compose project (by name) as a header, then its containers
+    unless collapsed; then the containers no project made, in the order given."""
+    projects: dict[str, list[ContainerRow]] = {}
+    loose: list[ContainerRow | ProjectRow] = []
+    for c in containers:
+        if c.project:
+            projects.setdefault(c.project, []).append(c)
+        else:
+            loose.append(c)
+    rows: list[ContainerRow | ProjectRow] = []
+    for name in sorted(projects):
+        rows.append(ProjectRow(name, tuple(projects[name])))
+        if name not in collapsed:
+            rows += projects[name]
+    return rows + loose
 
 
 def _created(ts: int) -> str:
@@ -112,6 +149,8 @@ class Dashboard(QMainWindow):
         self.open_terminal = open_terminal or terminal.open_terminal
         self.confirm = confirm or self._ask
         self.containers: list[ContainerRow] = []  # those shown (the filters applied)
+        self.rows: list[ContainerRow | ProjectRow] = []  # the table's, row by row
+        self.collapsed: set[str] = set()  # Compose projects shown as their header only
         self.all_containers: list[ContainerRow] = []
         self.images: list[ImageRow] = []
         self.volumes: list[VolumeRow] = []
@@ -132,6 +171,9 @@ class Dashboard(QMainWindow):
         self.container_table.horizontalHeader().setSectionResizeMode(
             1, QHeaderView.ResizeMode.Interactive)
         self.container_table.itemSelectionChanged.connect(self._selection_changed)
+        # A project's header: double-click or Enter collapses or expands it.
+        self.container_table.itemActivated.connect(
+            lambda item: self._toggle_row(item.row()))
         bar, self.container_buttons = _buttons("Start", "Stop", "Restart", "Delete",
                                                "Terminal", "Inspect")
         b = self.container_buttons
@@ -241,13 +283,23 @@ class Dashboard(QMainWindow):
     def show_rows(self, containers: list[ContainerRow], images: list[ImageRow],
                   volumes: list[VolumeRow]) -> None:
         selected = self.selected_container()
+        selected_project = self.selected_project()
         self.all_containers, self.images, self.volumes = containers, images, volumes
         self.containers = containers = [c for c in containers if self._shown(c)]
+        self.rows = grouped(containers, self.collapsed)
         t = self.container_table
         t.blockSignals(True)
-        t.setRowCount(len(containers))
-        for i, c in enumerate(containers):
-            t.setItem(i, 0, QTableWidgetItem(c.name))
+        t.clearSpans()
+        t.setRowCount(len(self.rows))
+        for i, row in enumerate(self.rows):
+            if isinstance(row, ProjectRow):
+                self._project_row(i, row)
+                if selected_project is not None and row.name == selected_project.name:
+                    t.selectRow(i)
+                continue
+            c = row
+            indent = "    " if c.project else ""
+            t.setItem(i, 0, QTableWidgetItem(indent + c.name))
             image = QTableWidgetItem(c.image)
             image.setToolTip(c.image)
             t.setItem(i, 1, image)
@@ -298,19 +350,60 @@ class Dashboard(QMainWindow):
     def _apply_filters(self) -> None:
         self.show_rows(self.all_containers, self.images, self.volumes)
 
-    def selected_container(self) -> ContainerRow | None:
+    def _project_row(self, i: int, p: ProjectRow) -> None:
+        t = self.container_table
+        arrow = "▸" if p.name in self.collapsed else "▾"
+        head = QTableWidgetItem(f"{arrow} {p.name}")
+        font = head.font()
+        font.setBold(True)
+        head.setFont(font)
+        head.setToolTip(f"Compose project {p.name}: double-click or Enter to "
+                        f"{'expand' if p.name in self.collapsed else 'collapse'}")
+        t.setItem(i, 0, head)
+        t.setItem(i, 1, QTableWidgetItem(""))
+        state = QTableWidgetItem(p.summary)
+        state.setForeground(_brush(STATE_COLOURS["running" if p.running else "exited"]))
+        t.setItem(i, 2, state)
+        for col in (3, 4):
+            t.setItem(i, col, QTableWidgetItem(""))
+
+    def _selected_row(self) -> ContainerRow | ProjectRow | None:
         rows = self.container_table.selectionModel().selectedRows()
-        if rows and rows[0].row() < len(self.containers):
-            return self.containers[rows[0].row()]
+        if rows and rows[0].row() < len(self.rows):
+            return self.rows[rows[0].row()]
         return None
+
+    def selected_container(self) -> ContainerRow | None:
+        row = self._selected_row()
+        return row if isinstance(row, ContainerRow) else None
+
+    def selected_project(self) -> ProjectRow | None:
+        row = self._selected_row()
+        return row if isinstance(row, ProjectRow) else None
+
+    def select_project(self, name: str) -> None:
+        for i, r in enumerate(self.rows):
+            if isinstance(r, ProjectRow) and r.name == name:
+                self.container_table.selectRow(i)
+                return
+        raise KeyError(name)
+
+    def _toggle_row(self, i: int) -> None:
+        if i < len(self.rows) and isinstance(p := self.rows[i], ProjectRow):
+            self.toggle_project(p.name)
+
+    def toggle_project(self, name: str) -> None:
+        """Collapse a Compose project to its header row, or expand it again."""
+        self.collapsed ^= {name}
+        self.show_rows(self.all_containers, self.images, self.volumes)
 
     def _selected(self, table: QTableWidget, items: list[Any]) -> Any:
         rows = table.selectionModel().selectedRows()
         return items[rows[0].row()] if rows and rows[0].row() < len(items) else None
 
     def select_container(self, name: str) -> None:
-        for i, c in enumerate(self.containers):
-            if c.name == name:
+        for i, c in enumerate(self.rows):
+            if isinstance(c, ContainerRow) and c.name == name:
                 self.container_table.selectRow(i)
                 return
         raise KeyError(name)
@@ -325,8 +418,16 @@ class Dashboard(QMainWindow):
 
     def _update_buttons(self) -> None:
         c = self.selected_container()
-        running = c is not None and c.state in ("running", "restarting", "paused")
         b = self.container_buttons
+        if (p := self.selected_project()) is not None:  # the whole project
+            b["Start"].setEnabled(p.running < len(p.members))
+            b["Stop"].setEnabled(p.running > 0)
+            b["Restart"].setEnabled(True)
+            b["Delete"].setEnabled(True)
+            b["Terminal"].setEnabled(False)
+            b["Inspect"].setEnabled(False)
+            return
+        running = c is not None and c.state in ("running", "restarting", "paused")
         b["Start"].setEnabled(c is not None and not running)
         b["Stop"].setEnabled(running)
         b["Restart"].setEnabled(c is not None)
@@ -343,6 +444,8 @@ class Dashboard(QMainWindow):
         return done
 
     def _container_action(self, action: str, verb: str) -> None:
+        if (p := self.selected_project()) is not None:
+            return self._project_action(p, action, verb)
         c = self.selected_container()
         if c is None:
             return
@@ -350,7 +453,34 @@ class Dashboard(QMainWindow):
         self.status(f"{action.capitalize()} {c.name}…")
         self.worker.submit(lambda: fn(c.id), self._done(f"{verb} {c.name}"), self.status)
 
+    def _project_action(self, p: ProjectRow, action: str, verb: str) -> None:
+        """Start, stop, restart or remove a whole Compose project's containers (those
+        not already in the state asked for), one after the other, in the worker."""
+        if action == "start":
+            todo = [c for c in p.members if c.state not in RUNNING]
+        elif action == "stop":
+            todo = [c for c in p.members if c.state in RUNNING]
+        else:
+            todo = list(p.members)
+        fn = getattr(self.docker, action)
+        self.status(f"{action.capitalize()} project {p.name}…")
+
+        def run() -> None:
+            for c in todo:
+                fn(c.id)
+
+        self.worker.submit(run, self._done(f"{verb} project {p.name} ({len(todo)} "
+                                           f"container{'s' * (len(todo) != 1)})"),
+                           self.status)
+
     def delete_container(self) -> None:
+        if (p := self.selected_project()) is not None:
+            n = len(p.members)
+            if not self.confirm(f"Delete the {n} container{'s' * (n != 1)} of Compose "
+                                f"project {p.name}? Running ones are stopped first; its "
+                                "volumes and networks stay."):
+                return
+            return self._project_action(p, "remove", "Deleted")
         c = self.selected_container()
         if c is None:
             return

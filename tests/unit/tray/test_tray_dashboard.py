@@ -16,8 +16,8 @@ from pytestqt.qtbot import QtBot  # noqa: E402
 
 from desktop.instance import Instance  # noqa: E402
 from desktop.tray.controller import TrayController  # noqa: E402
-from desktop.tray.dashboard import Dashboard  # noqa: E402
-from tests.helpers.tray_fakes import FakeBackend, FakeDockerAPI  # noqa: E402
+from desktop.tray.dashboard import Dashboard, ProjectRow  # noqa: E402
+from tests.helpers.tray_fakes import FakeBackend, FakeDockerAPI, container  # noqa: E402
 
 WEB, DB, JOB = "c1" * 32, "c2" * 32, "c3" * 32
 
@@ -254,6 +254,69 @@ def test_refreshes_on_docker_events(env: Env) -> None:
                                   "Names": ["/cache"], "Image": "redis:7"})
     env.engine.event("container", "create", name="cache")
     env.qtbot.waitUntil(lambda: "cache" in env.names(), timeout=5000)
+
+
+SHOP_API, SHOP_DB = "d1" * 32, "d2" * 32
+
+
+def _shop(env: Env) -> None:
+    """A Compose project "shop": api running, db exited."""
+    label = {"com.docker.compose.project": "shop"}
+    env.engine.containers += [
+        container(SHOP_API, "shop-api-1", "shop-api", labels=label),
+        container(SHOP_DB, "shop-db-1", "postgres:16", state="exited", labels=label)]
+    env.dash.refresh()
+    env.qtbot.waitUntil(lambda: "▾ shop" in env.names(), timeout=5000)
+
+
+def test_compose_projects_are_groups_that_collapse(env: Env) -> None:
+    _shop(env)
+    assert env.names() == ["▾ shop", "    shop-api-1", "    shop-db-1", "db", "web", "job"]
+    t = env.dash.container_table
+    assert t.item(0, 2).text() == "1 of 2 running"
+    assert t.item(0, 0).font().bold()
+    env.dash.select_project("shop")
+    t.itemActivated.emit(t.item(0, 0))  # Enter, or a double-click
+    assert env.names() == ["▸ shop", "db", "web", "job"]
+    assert env.dash.selected_project() is not None  # still selected, collapsed
+    env.dash.toggle_project("shop")
+    assert env.names()[:3] == ["▾ shop", "    shop-api-1", "    shop-db-1"]
+    # The filters apply inside a project: the header counts what is shown.
+    env.dash.state_filter.setCurrentText("Running")
+    assert env.names() == ["▾ shop", "    shop-api-1", "db", "web"]
+    assert t.item(0, 2).text() == "1 of 1 running"
+
+
+def test_a_projects_buttons_act_on_all_its_containers(env: Env) -> None:
+    _shop(env)
+    env.dash.select_project("shop")
+    b = env.dash.container_buttons
+    assert b["Start"].isEnabled() and b["Stop"].isEnabled() and b["Delete"].isEnabled()
+    assert not b["Terminal"].isEnabled() and not b["Inspect"].isEnabled()
+    assert env.dash.log_container == ""  # a project has no log of its own
+    b["Start"].click()  # only the one not running
+    env.qtbot.waitUntil(lambda: env.dash.rows and isinstance(env.dash.rows[0], ProjectRow)
+                        and env.dash.rows[0].summary == "2 of 2 running", timeout=5000)
+    assert env.calls("POST", f"/containers/{SHOP_DB}/start") == 1
+    assert env.calls("POST", f"/containers/{SHOP_API}/start") == 0
+    assert not b["Start"].isEnabled()  # the project stays selected after the refresh
+    b["Stop"].click()
+    env.qtbot.waitUntil(lambda: env.state_of("    shop-api-1").startswith("Exited"),
+                        timeout=5000)
+    assert env.calls("POST", f"/containers/{SHOP_API}/stop") == 1
+    assert "Stopped project shop (2 containers)" in env.dash.statusBar().currentMessage()
+    env.answer = False
+    b["Delete"].click()
+    assert env.questions == ["Delete the 2 containers of Compose project shop? Running ones "
+                             "are stopped first; its volumes and networks stay."]
+    env.qtbot.wait(100)
+    assert "▾ shop" in env.names()
+    env.answer = True
+    b["Delete"].click()
+    env.qtbot.waitUntil(lambda: "▾ shop" not in env.names(), timeout=5000)
+    assert env.names() == ["db", "web", "job"]
+    assert env.calls("DELETE", f"/containers/{SHOP_API}") == 1
+    assert env.calls("DELETE", f"/containers/{SHOP_DB}") == 1
 
 
 def test_images_delete_and_prune(env: Env) -> None:
