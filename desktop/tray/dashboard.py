@@ -41,10 +41,13 @@ from desktop.tray import model, terminal
 from desktop.tray.controller import TrayController
 from desktop.tray.docker_service import (
     ContainerRow,
+    DockerError,
     DockerService,
     ImageRow,
+    Usage,
     VolumeRow,
     human_size,
+    usage,
     users,
 )
 from desktop.tray.worker import Follower
@@ -56,6 +59,7 @@ STATE_FILTERS: dict[str, Callable[[str], bool]] = {
     "Running": lambda state: state in RUNNING,
     "Not running": lambda state: state not in RUNNING,
 }
+STATS_INTERVAL_MS = 2000  # how often running containers' CPU and memory are read
 IMAGE_COLUMN_MAX = 220  # px: wider image names are cut, their whole name in the tooltip
 STATE_COLOURS = {"running": "#1f9d6b", "exited": "#8a8f98", "created": "#8a8f98",
                  "paused": "#e8a317", "restarting": "#e8a317", "dead": "#d63a3a"}
@@ -165,7 +169,8 @@ class Dashboard(QMainWindow):
         self.tabs = QTabWidget()
 
         # Containers
-        self.container_table = _table(["Name", "Image", "State", "Ports", "Created"])
+        self.container_table = _table(["Name", "Image", "State", "Ports", "Created", "CPU",
+                                       "Memory"])
         # A long image name is cut (its whole name in the tooltip), so State, Ports and
         # Created stay in view.
         self.container_table.horizontalHeader().setSectionResizeMode(
@@ -229,6 +234,16 @@ class Dashboard(QMainWindow):
         cl.addWidget(self.banner)
         cl.addWidget(self.tabs)
         self.setCentralWidget(central)
+
+        # Live CPU and memory of running containers: one reading each per interval, on
+        # the worker (never the GUI thread), only while the window is shown.
+        self.readings: dict[str, dict[str, Any]] = {}  # container id -> its last reading
+        self.usage: dict[str, Usage] = {}
+        self._sampling = False
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setInterval(STATS_INTERVAL_MS)
+        self._stats_timer.timeout.connect(self.sample_stats)
+        self._stats_timer.start()
 
         self.status_label = QLabel()
         self.statusBar().addPermanentWidget(self.status_label)
@@ -313,6 +328,7 @@ class Dashboard(QMainWindow):
             link.setContentsMargins(4, 0, 4, 0)
             t.setCellWidget(i, 3, link)
             t.setItem(i, 4, QTableWidgetItem(_created(c.created)))
+            self._usage_cells(i, c)
             if selected is not None and c.id == selected.id:
                 t.selectRow(i)
         t.resizeColumnToContents(1)
@@ -364,8 +380,46 @@ class Dashboard(QMainWindow):
         state = QTableWidgetItem(p.summary)
         state.setForeground(_brush(STATE_COLOURS["running" if p.running else "exited"]))
         t.setItem(i, 2, state)
-        for col in (3, 4):
+        for col in (3, 4, 5, 6):
             t.setItem(i, col, QTableWidgetItem(""))
+
+    def _usage_cells(self, i: int, c: ContainerRow) -> None:
+        u = self.usage.get(c.id) if c.state == "running" else None
+        t = self.container_table
+        t.setItem(i, 5, QTableWidgetItem(u.cpu_text if u else ""))
+        t.setItem(i, 6, QTableWidgetItem(u.memory_text if u else ""))
+
+    def sample_stats(self) -> None:
+        """Read each running container's counters once (the worker), then show CPU and
+        memory from this reading and the last."""
+        if self._sampling or not self.isVisible() or not self.controller.state.is_up:
+            return
+        running = [c for c in self.all_containers if c.state == "running"]
+        if not running:
+            return
+        self._sampling = True
+
+        def read() -> dict[str, dict[str, Any]]:
+            out = {}
+            for c in running:
+                try:
+                    out[c.id] = self.docker.stats_sample(c.id)
+                except DockerError:
+                    pass  # stopped or removed meanwhile: the next refresh shows it
+            return out
+
+        def done(readings: dict[str, dict[str, Any]]) -> None:
+            self._sampling = False
+            self.usage = {cid: usage(self.readings.get(cid), r) for cid, r in readings.items()}
+            self.readings = readings
+            for i, row in enumerate(self.rows):
+                if isinstance(row, ContainerRow):
+                    self._usage_cells(i, row)
+
+        def failed(message: str) -> None:
+            self._sampling = False
+
+        self.worker.submit(read, done, failed)
 
     def _selected_row(self) -> ContainerRow | ProjectRow | None:
         rows = self.container_table.selectionModel().selectedRows()

@@ -110,6 +110,45 @@ def container_row(c: dict[str, Any]) -> ContainerRow:
     )
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A running container's CPU and memory, from two stats readings."""
+
+    cpu_percent: float | None  # of one core (200 % = two cores busy); None: one reading
+    memory: int  # bytes in use, the page cache it could drop left out (as `docker stats`)
+    limit: int  # bytes it may use (the VM's memory when no limit was set)
+
+    @property
+    def cpu_text(self) -> str:
+        return "" if self.cpu_percent is None else f"{self.cpu_percent:.1f} %"
+
+    @property
+    def memory_text(self) -> str:
+        return f"{human_size(self.memory)} / {human_size(self.limit)}" if self.limit else \
+            human_size(self.memory)
+
+
+def usage(prev: dict[str, Any] | None, cur: dict[str, Any]) -> Usage:
+    """`docker stats`' figures from two readings of the engine's stats (`prev` may be
+    None: the first; then no CPU figure). CPU: the container's CPU time over the host's,
+    times the CPUs online; memory: usage less inactive file pages (cgroup v2) or cache
+    (v1)."""
+    cpu = cur.get("cpu_stats") or {}
+    mem = cur.get("memory_stats") or {}
+    stats = mem.get("stats") or {}
+    used = int(mem.get("usage", 0)) - int(stats.get("inactive_file", stats.get("cache", 0)))
+    pct: float | None = None
+    if prev is not None:
+        pcpu = prev.get("cpu_stats") or {}
+        d_cont = int((cpu.get("cpu_usage") or {}).get("total_usage", 0)) - \
+            int((pcpu.get("cpu_usage") or {}).get("total_usage", 0))
+        d_sys = int(cpu.get("system_cpu_usage", 0)) - int(pcpu.get("system_cpu_usage", 0))
+        cpus = int(cpu.get("online_cpus") or
+                   len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1)
+        pct = round(100.0 * d_cont / d_sys * cpus, 1) if d_sys > 0 and d_cont >= 0 else 0.0
+    return Usage(pct, max(used, 0), int(mem.get("limit", 0)))
+
+
 def users(containers: list[ContainerRow]) -> tuple[dict[str, list[str]],
                                                     dict[str, list[str]]]:
     """({image id: names of the containers made from it}, {volume: names of those that
@@ -217,6 +256,12 @@ class DockerService:
     def inspect(self, cid: str) -> dict[str, Any]:
         """The engine's whole record of the container (`docker inspect`)."""
         return dict(self._call(lambda: self.client.api.inspect_container(cid)))
+
+    def stats_sample(self, cid: str) -> dict[str, Any]:
+        """One reading of the container's counters, at once (one_shot: the engine does
+        not wait a second for a second reading; `Usage` diffs two of ours)."""
+        return dict(self._call(lambda: self.client.api.stats(cid, stream=False,
+                                                             one_shot=True)))
 
     def follow_logs(self, cid: str, tail: int = 500) -> LogStream:
         """The container's last `tail` lines, then new ones as they come (close() ends it)."""

@@ -248,6 +248,7 @@ class FakeDockerAPI:
         self.volumes = [{"Name": "pgdata", "Driver": "local",
                          "Mountpoint": "/var/lib/docker/volumes/pgdata/_data"}]
         self.calls: list[tuple[str, str]] = []
+        self.stats_reads: dict[str, int] = {}
         self.info = {"ServerVersion": ENGINE_VERSION, "KernelVersion": "6.12.0-cove",
                      "OperatingSystem": "Debian GNU/Linux 13 (trixie)", "NCPU": 2,
                      "HttpProxy": "http://alice:s3cret@proxy.example:3128"}
@@ -381,6 +382,17 @@ class FakeDockerAPI:
         self._json(h, {"Id": c["Id"], "Name": c["Names"][0],
                        "Config": {"Tty": False, "Env": ["SECRET=x"]}})
 
+    def _stats(self, h: _Handler, c: dict[str, Any]) -> None:
+        """One reading (stream=false, one-shot): each adds half a second of CPU time over
+        two seconds of the host's two CPUs' time (50 % of a core), 20 MB in use."""
+        with self._lock:
+            n = self.stats_reads[c["Id"]] = self.stats_reads.get(c["Id"], 0) + 1
+        self._json(h, {
+            "cpu_stats": {"cpu_usage": {"total_usage": n * 500_000_000},
+                          "system_cpu_usage": n * 2_000_000_000, "online_cpus": 2},
+            "memory_stats": {"usage": 30_000_000, "limit": 2_000_000_000,
+                             "stats": {"inactive_file": 10_000_000}}})
+
     def _logs_of(self, h: _Handler, c: dict[str, Any]) -> None:
         self._stream(h, self._logs.setdefault(c["Id"], []), "application/vnd.docker.raw-stream")
 
@@ -400,6 +412,7 @@ class FakeDockerAPI:
                             Callable[[FakeDockerAPI, _Handler, dict[str, Any]], None]] = {
         ("GET", "json"): _inspect,
         ("GET", "logs"): _logs_of,
+        ("GET", "stats"): _stats,
         ("POST", "start"): _start,
         ("POST", "restart"): _start,
         ("POST", "stop"): _stop,

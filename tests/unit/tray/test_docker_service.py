@@ -85,3 +85,27 @@ def test_rows_carry_image_volumes_and_compose_project_and_users_counts_them() ->
     assert b.project == ""  # not made by Compose; the bind mount is no volume
     assert users([b, a]) == ({"sha256:" + "1" * 64: ["api", "old"]},
                              {"data": ["api", "old"], "cache": ["api"]})
+
+
+def test_usage_is_docker_stats_figures() -> None:
+    from desktop.tray.docker_service import usage
+
+    def reading(cpu: int, system: int, mem: int, inactive: int, **extra: object) -> dict:
+        return {"cpu_stats": {"cpu_usage": {"total_usage": cpu}, "system_cpu_usage": system,
+                              **extra},
+                "memory_stats": {"usage": mem, "limit": 4_000_000_000,
+                                 "stats": {"inactive_file": inactive}}}
+
+    first = usage(None, reading(10**9, 10**10, 50_000_000, 20_000_000, online_cpus=4))
+    assert (first.cpu_percent, first.memory, first.cpu_text) == (None, 30_000_000, "")
+    assert first.memory_text == "30.0 MB / 4.0 GB"
+    # 1 s of the container's CPU time over 4 s of the host's 4 CPUs: one core busy.
+    u = usage(reading(10**9, 10**10, 0, 0, online_cpus=4),
+              reading(2 * 10**9, 14 * 10**9, 0, 0, online_cpus=4))
+    assert u.cpu_text == "100.0 %"
+    # An older engine lists the CPUs instead of counting them; a counter that went back
+    # (the container restarted) is 0, not a negative figure.
+    old = {"percpu_usage": [1, 1]}
+    v = usage({"cpu_stats": {"cpu_usage": {"total_usage": 5, **old}, "system_cpu_usage": 0}},
+              {"cpu_stats": {"cpu_usage": {"total_usage": 2, **old}, "system_cpu_usage": 10}})
+    assert v.cpu_percent == 0.0

@@ -256,6 +256,27 @@ def test_refreshes_on_docker_events(env: Env) -> None:
     env.qtbot.waitUntil(lambda: "cache" in env.names(), timeout=5000)
 
 
+def test_running_containers_show_live_cpu_and_memory(env: Env) -> None:
+    """Read on the worker from the engine's stats, two readings for a CPU figure; not
+    while the window is hidden; stopped containers show none."""
+    env.dash.sample_stats()
+    env.qtbot.wait(200)
+    assert env.engine.stats_reads == {}  # hidden: nothing read
+    env.dash.show()
+    env.dash.sample_stats()
+    env.qtbot.waitUntil(lambda: env.engine.stats_reads.get(WEB) == 1, timeout=5000)
+    t = env.dash.container_table
+    row = env.names().index("web")
+    env.qtbot.waitUntil(lambda: t.item(row, 6).text() == "20.0 MB / 2.0 GB", timeout=5000)
+    assert t.item(row, 5).text() == ""  # one reading: no CPU figure yet
+    env.dash.sample_stats()
+    env.qtbot.waitUntil(lambda: t.item(row, 5).text() == "50.0 %", timeout=5000)
+    job = env.names().index("job")
+    assert (t.item(job, 5).text(), t.item(job, 6).text()) == ("", "")
+    assert JOB not in env.engine.stats_reads
+    assert t.horizontalHeaderItem(5).text() == "CPU"
+
+
 SHOP_API, SHOP_DB = "d1" * 32, "d2" * 32
 
 
