@@ -10,6 +10,7 @@ from benchmarks import (
     boot,
     bulk,
     common,
+    dashboard,
     faults,
     filewatch,
     footprint,
@@ -21,7 +22,7 @@ from benchmarks import (
 
 SUITES = {"boot": boot.run, "api": api.run, "bulk": bulk.run, "footprint": footprint.run,
           "ports": ports.run, "faults": faults.run, "filewatch": filewatch.run,
-          "rest": rest.run,
+          "rest": rest.run, "dashboard": dashboard.run,
           "shares": shares.run, "tray": tray.run}
 
 
