@@ -105,11 +105,27 @@ def _created(ts: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else ""
 
 
-def ports_html(row: ContainerRow) -> str:
+def ports_html(row: ContainerRow, trouble: dict[str, str] | None = None) -> str:
+    """The ports cell: a link per TCP port; a port whose forward is in trouble (the
+    backend's conflict, failed, stalled, recovering: `TrayState.failed_ports`) in red,
+    not a link, marked with a warning sign (`port_trouble` says why)."""
     parts = []
     for p in row.ports:
-        parts.append(f'<a href="{p.url}">{p.text}</a>' if p.url else p.text)
+        if f"{p.host_port}/{p.proto}" in (trouble or {}):
+            parts.append(f'<span style="color:{STATE_COLOURS["dead"]}">{p.text} ⚠</span>')
+        else:
+            parts.append(f'<a href="{p.url}">{p.text}</a>' if p.url else p.text)
     return ", ".join(parts)
+
+
+def port_trouble(row: ContainerRow, trouble: dict[str, str]) -> str:
+    """Why each of the row's ports is not forwarded, a line each ("" when all are)."""
+    lines = []
+    for p in row.ports:
+        key = f"{p.host_port}/{p.proto}"
+        if key in trouble:
+            lines.append(f"port {key}: {trouble[key] or 'not forwarded'}")
+    return "\n".join(lines)
 
 
 def _table(headers: list[str]) -> QTableWidget:
@@ -155,6 +171,7 @@ class Dashboard(QMainWindow):
         self.containers: list[ContainerRow] = []  # those shown (the filters applied)
         self.rows: list[ContainerRow | ProjectRow] = []  # the table's, row by row
         self.collapsed: set[str] = set()  # Compose projects shown as their header only
+        self._shown_trouble: dict[str, str] = {}  # the port trouble the rows show
         self.all_containers: list[ContainerRow] = []
         self.images: list[ImageRow] = []
         self.volumes: list[VolumeRow] = []
@@ -280,6 +297,8 @@ class Dashboard(QMainWindow):
         if not st.is_up and self._was_up:
             self._stop_logs()
             self.show_rows([], [], [])
+        if st.failed_ports != self._shown_trouble and self.rows:
+            self.show_rows(self.all_containers, self.images, self.volumes)
         self._was_up = st.is_up
         self.tabs.setEnabled(st.is_up or bool(self.containers))
 
@@ -302,6 +321,7 @@ class Dashboard(QMainWindow):
         self.all_containers, self.images, self.volumes = containers, images, volumes
         self.containers = containers = [c for c in containers if self._shown(c)]
         self.rows = grouped(containers, self.collapsed)
+        self._shown_trouble = dict(self.controller.state.failed_ports)
         t = self.container_table
         t.blockSignals(True)
         t.clearSpans()
@@ -322,7 +342,9 @@ class Dashboard(QMainWindow):
             state.setForeground(_brush(STATE_COLOURS.get(c.state, "#202124")))
             t.setItem(i, 2, state)
             t.setItem(i, 3, QTableWidgetItem(""))
-            link = QLabel(ports_html(c))
+            trouble = self.controller.state.failed_ports
+            link = QLabel(ports_html(c, trouble))
+            link.setToolTip(port_trouble(c, trouble))
             link.setTextInteractionFlags(Qt.TextInteractionFlag.LinksAccessibleByMouse)
             link.linkActivated.connect(self.open_link)
             link.setContentsMargins(4, 0, 4, 0)

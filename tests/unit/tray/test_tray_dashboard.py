@@ -144,6 +144,25 @@ def test_port_link_opens_the_browser(env: Env) -> None:
     assert env.urls == ["http://localhost:8080/"]
 
 
+def test_a_port_the_backend_cannot_forward_shows_why(env: Env) -> None:
+    """A port_failed event (another program holds 8080 on the host): that port turns red,
+    no link, the reason in the cell's tooltip; port_forwarded makes it a link again."""
+    def cell() -> str:
+        return env.dash.container_table.cellWidget(env.names().index("web"), 3).text()
+
+    env.backend.emit("port_failed", proto="tcp", host_port=8080, container="web",
+                     state="conflict", reason="127.0.0.1:8080 is in use by another program "
+                     "(nginx, pid 4242); retrying")
+    env.qtbot.waitUntil(lambda: "⚠" in cell(), timeout=5000)
+    assert cell() == '5353→53/udp, <span style="color:#d63a3a">8080→80 ⚠</span>'
+    tip = env.dash.container_table.cellWidget(env.names().index("web"), 3).toolTip()
+    assert tip == ("port 8080/tcp: 127.0.0.1:8080 is in use by another program (nginx, "
+                   "pid 4242); retrying")
+    env.backend.emit("port_forwarded", proto="tcp", host_port=8080, container="web")
+    env.qtbot.waitUntil(lambda: "⚠" not in cell(), timeout=5000)
+    assert cell() == '5353→53/udp, <a href="http://localhost:8080/">8080→80</a>'
+
+
 def test_start_stop_restart_delete(env: Env) -> None:
     env.dash.select_container("job")
     b = env.dash.container_buttons
