@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QSplitter,
     QTableWidget,
@@ -44,9 +45,11 @@ from desktop.tray.docker_service import (
     DockerError,
     DockerService,
     ImageRow,
+    PullProgress,
     Usage,
     VolumeRow,
     human_size,
+    pull_message,
     usage,
     users,
 )
@@ -237,6 +240,16 @@ class Dashboard(QMainWindow):
         ibar, self.image_buttons = _buttons("Delete", "Prune unused")
         self.image_buttons["Delete"].clicked.connect(self.delete_image)
         self.image_buttons["Prune unused"].clicked.connect(self.prune_images)
+        self.pull_name = QLineEdit()
+        self.pull_name.setPlaceholderText("Image to pull, e.g. alpine:3.20")
+        self.pull_name.returnPressed.connect(self.pull)
+        self.pull_button = QPushButton("Pull")
+        self.pull_button.clicked.connect(self.pull)
+        self.pull_progress = QProgressBar()
+        self.pull_progress.setVisible(False)
+        self.puller: Follower | None = None
+        for w in (self.pull_name, self.pull_button, self.pull_progress):
+            ibar.addWidget(w)
         self.tabs.addTab(self._page(ibar, self.image_table), "Images")
 
         # Volumes
@@ -615,6 +628,40 @@ class Dashboard(QMainWindow):
 
     # -- images and volumes --------------------------------------------------------------
 
+    def pull(self) -> None:
+        """Pull the image named in the box, its layers' progress in the bar."""
+        ref = self.pull_name.text().strip()
+        if not ref or self.puller is not None:
+            return
+        progress = PullProgress()
+        self.pull_button.setEnabled(False)
+        self.pull_progress.setValue(0)
+        self.pull_progress.setVisible(True)
+        self.status(f"Pulling {ref}…")
+
+        def step(msg: Any) -> None:
+            if isinstance(msg, dict):
+                progress.update(msg)
+                self.pull_progress.setValue(progress.percent)
+                self.pull_progress.setFormat(f"{ref}: {progress.text}")
+
+        def ended(error: str) -> None:
+            self.puller = None
+            self.pull_button.setEnabled(True)
+            self.pull_progress.setVisible(False)
+            if error:
+                self.status(pull_message(ref, error))
+                return
+            self.pull_name.clear()
+            self.status(f"Pulled {ref}" + (f" ({progress.status})" if progress.status
+                                           else ""))
+            self.refresh()
+
+        f = Follower(lambda: self.docker.pull(ref), self, name="image-pull")
+        f.item.connect(step)
+        f.ended.connect(ended)
+        self.puller = f.start()
+
     def delete_image(self) -> None:
         im = self._selected(self.image_table, self.images)
         if im is None:
@@ -654,6 +701,9 @@ class Dashboard(QMainWindow):
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self._stop_logs()
+        if self.puller is not None:  # the engine gives the pull up with its client
+            self.puller.stop()
+            self.puller = None
         super().closeEvent(event)
 
 

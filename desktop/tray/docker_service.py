@@ -257,6 +257,25 @@ class DockerService:
         """The engine's whole record of the container (`docker inspect`)."""
         return dict(self._call(lambda: self.client.api.inspect_container(cid)))
 
+    def pull(self, ref: str) -> Iterator[dict[str, Any]]:
+        """The engine's progress messages while it pulls `ref` (an error the engine
+        puts in the stream ends it with DockerError, as one it answers at once)."""
+        repo, tag = split_ref(ref)
+        stream = self._call(lambda: self.client.api.pull(repo, tag=tag, stream=True,
+                                                         decode=True))
+
+        def messages() -> Iterator[dict[str, Any]]:
+            try:
+                for msg in stream:
+                    if isinstance(msg, dict) and msg.get("error"):
+                        raise DockerError(str(msg["error"]))
+                    yield msg
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+        return messages()
+
     def stats_sample(self, cid: str) -> dict[str, Any]:
         """One reading of the container's counters, at once (one_shot: the engine does
         not wait a second for a second reading; `Usage` diffs two of ours)."""
@@ -317,6 +336,70 @@ class LogStream:
             self._raw.close()
         except Exception:  # already closed
             pass
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """(repository, tag or digest) of an image reference, as the pull API takes them:
+    "nginx" is nginx:latest; a registry's port ("localhost:5000/app") is no tag."""
+    ref = ref.strip()
+    if "@" in ref:
+        repo, _, digest = ref.partition("@")
+        return repo, digest
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1:]
+    return ref, "latest"
+
+
+def pull_message(ref: str, error: str) -> str:
+    """A failed pull in words that say what to do."""
+    low = error.lower()
+    registry = ref.split("/")[0] if "/" in ref and ("." in ref.split("/")[0] or ":" in
+                                                    ref.split("/")[0]) else "docker.io"
+    if any(w in low for w in ("no such host", "dial tcp", "i/o timeout", "network is "
+                              "unreachable", "connection refused", "tls handshake")):
+        return (f"Cannot pull {ref}: the registry {registry} cannot be reached (no "
+                f"network, a proxy needed, or the registry is down): {error}")
+    if any(w in low for w in ("unauthorized", "authentication required", "no basic auth")):
+        return f"Cannot pull {ref}: {registry} wants a login (docker login {registry}): {error}"
+    if any(w in low for w in ("does not exist", "not found", "manifest unknown", "denied")):
+        return (f"Cannot pull {ref}: no such image in {registry}, or it is private (check "
+                f"the name and tag; docker login {registry} if it is yours): {error}")
+    return f"Cannot pull {ref}: {error}"
+
+
+class PullProgress:
+    """The engine's pull messages folded into one figure: bytes of every layer seen so
+    far, downloaded against their sizes."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, tuple[int, int]] = {}  # id -> (current, total)
+        self.done: set[str] = set()
+        self.status = ""
+
+    def update(self, msg: dict[str, Any]) -> None:
+        layer, status = str(msg.get("id", "")), str(msg.get("status", ""))
+        detail = msg.get("progressDetail") or {}
+        if layer and status.startswith("Downloading") and detail.get("total"):
+            self.layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
+        elif layer and status in ("Download complete", "Pull complete", "Already exists"):
+            self.done.add(layer)
+            if layer in self.layers:
+                total = self.layers[layer][1]
+                self.layers[layer] = (total, total)
+        if not layer or not status.startswith(("Downloading", "Extracting", "Waiting")):
+            self.status = status
+
+    @property
+    def percent(self) -> int:
+        total = sum(t for _, t in self.layers.values())
+        return int(100 * sum(c for c, _ in self.layers.values()) / total) if total else 0
+
+    @property
+    def text(self) -> str:
+        n = len(self.layers.keys() | self.done)
+        return f"{n} layer{'s' * (n != 1)}, {self.percent} %" if n else self.status
 
 
 def _sdk_client(base_url: str) -> Any:

@@ -249,6 +249,7 @@ class FakeDockerAPI:
                          "Mountpoint": "/var/lib/docker/volumes/pgdata/_data"}]
         self.calls: list[tuple[str, str]] = []
         self.stats_reads: dict[str, int] = {}
+        self.pulls: list[str] = []
         self.info = {"ServerVersion": ENGINE_VERSION, "KernelVersion": "6.12.0-cove",
                      "OperatingSystem": "Debian GNU/Linux 13 (trixie)", "NCPU": 2,
                      "HttpProxy": "http://alice:s3cret@proxy.example:3128"}
@@ -351,6 +352,43 @@ class FakeDockerAPI:
         gone, self.volumes = self.volumes, []
         self._json(h, {"VolumesDeleted": [v["Name"] for v in gone], "SpaceReclaimed": 4096})
 
+    def _pull(self, h: _Handler, q: Query) -> None:
+        """POST /images/create: as the engine answers. "nosuch..." is refused at once
+        (404); "offline/..." fails inside the stream, after its first message; anything
+        else streams two layers' progress and is then listed."""
+        name, tag = q.get("fromImage", [""])[0], q.get("tag", ["latest"])[0]
+        self.pulls.append(f"{name}:{tag}")
+        if name.startswith("nosuch"):
+            return self._json(h, {"message": f"pull access denied for {name}, repository "
+                                  "does not exist or may require 'docker login': denied: "
+                                  "requested access to the resource is denied"}, 404)
+        msgs: list[dict[str, Any]] = [{"status": f"Pulling from {name}", "id": tag}]
+        if name.startswith("offline/"):
+            msgs.append({"errorDetail": {"message": "dial tcp: lookup registry.example: "
+                                                    "no such host"},
+                         "error": "dial tcp: lookup registry.example: no such host"})
+        else:
+            for layer, size in (("l1", 3_000_000), ("l2", 1_000_000)):
+                msgs += [{"status": "Pulling fs layer", "id": layer, "progressDetail": {}},
+                         {"status": "Downloading", "id": layer,
+                          "progressDetail": {"current": size // 2, "total": size}},
+                         {"status": "Download complete", "id": layer, "progressDetail": {}},
+                         {"status": "Pull complete", "id": layer, "progressDetail": {}}]
+            msgs.append({"status": f"Status: Downloaded newer image for {name}:{tag}"})
+            self.images.append({"Id": "sha256:" + "e" * 64, "RepoTags": [f"{name}:{tag}"],
+                                "Size": 4_000_000, "Created": 1_790_000_000})
+        # Chunked, a message a chunk, as the engine streams it (the SDK decodes a stream
+        # only when it is chunked).
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        for m in msgs:
+            item = json.dumps(m).encode() + b"\r\n"
+            h.wfile.write(f"{len(item):x}\r\n".encode() + item + b"\r\n")
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
     def _events(self, h: _Handler, q: Query) -> None:
         self._stream(h, self._streams, "application/json")
 
@@ -364,6 +402,7 @@ class FakeDockerAPI:
         ("GET", "/volumes"): _volumes,
         ("POST", "/volumes/prune"): _prune_volumes,
         ("GET", "/events"): _events,
+        ("POST", "/images/create"): _pull,
     }
 
     def _container(self, h: _Handler, method: str, ref: str, action: str | None) -> bool:

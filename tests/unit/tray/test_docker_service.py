@@ -109,3 +109,19 @@ def test_usage_is_docker_stats_figures() -> None:
     v = usage({"cpu_stats": {"cpu_usage": {"total_usage": 5, **old}, "system_cpu_usage": 0}},
               {"cpu_stats": {"cpu_usage": {"total_usage": 2, **old}, "system_cpu_usage": 10}})
     assert v.cpu_percent == 0.0
+
+
+def test_image_references_split_as_the_pull_api_takes_them() -> None:
+    from desktop.tray.docker_service import pull_message, split_ref
+
+    assert split_ref("nginx") == ("nginx", "latest")
+    assert split_ref("nginx:1.27") == ("nginx", "1.27")
+    assert split_ref("localhost:5000/team/app") == ("localhost:5000/team/app", "latest")
+    assert split_ref("localhost:5000/team/app:v2") == ("localhost:5000/team/app", "v2")
+    assert split_ref("alpine@sha256:" + "0" * 64) == ("alpine", "sha256:" + "0" * 64)
+    msg = pull_message("ghcr.io/me/private:1", "unauthorized: authentication required")
+    assert msg == ("Cannot pull ghcr.io/me/private:1: ghcr.io wants a login (docker login "
+                   "ghcr.io): unauthorized: authentication required")
+    assert pull_message("localhost:5000/x", "connection refused").startswith(
+        "Cannot pull localhost:5000/x: the registry localhost:5000 cannot be reached")
+    assert pull_message("x", "something else") == "Cannot pull x: something else"

@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication  # noqa: E402
 from pytestqt.qtbot import QtBot  # noqa: E402
 
@@ -357,6 +358,43 @@ def test_a_projects_buttons_act_on_all_its_containers(env: Env) -> None:
     assert env.names() == ["db", "web", "job"]
     assert env.calls("DELETE", f"/containers/{SHOP_API}") == 1
     assert env.calls("DELETE", f"/containers/{SHOP_DB}") == 1
+
+
+def test_pull_shows_progress_then_lists_the_image(env: Env) -> None:
+    seen: list[int] = []
+    env.dash.pull_progress.valueChanged.connect(seen.append)
+    env.dash.pull_name.setText("alpine:3.20")
+    env.dash.pull_button.click()
+    env.qtbot.waitUntil(lambda: "Pulled alpine:3.20" in env.dash.statusBar().currentMessage(),
+                        timeout=5000)
+    assert env.engine.pulls == ["alpine:3.20"]
+    assert seen and max(seen) == 100 and 50 in seen  # halfway through both, then done
+    assert "Downloaded newer image" in env.dash.statusBar().currentMessage()
+    env.qtbot.waitUntil(lambda: any("alpine:3.20" in i.tags for i in env.dash.images),
+                        timeout=5000)
+    assert env.dash.pull_name.text() == "" and env.dash.pull_button.isEnabled()
+    assert not env.dash.pull_progress.isVisible()
+    # Enter in the box pulls too; a bare name is its latest tag.
+    env.dash.pull_name.setText("busybox")
+    env.qtbot.keyClick(env.dash.pull_name, Qt.Key.Key_Return)
+    env.qtbot.waitUntil(lambda: env.engine.pulls[-1:] == ["busybox:latest"], timeout=5000)
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("nosuch/thing:1", "Cannot pull nosuch/thing:1: no such image in docker.io, or it is "
+                       "private (check the name and tag; docker login docker.io if it is "
+                       "yours): pull access denied for nosuch/thing"),
+    ("offline/app", "Cannot pull offline/app: the registry docker.io cannot be reached (no "
+                    "network, a proxy needed, or the registry is down): dial tcp: lookup "
+                    "registry.example: no such host"),
+])
+def test_a_pull_that_fails_says_why_and_what_to_do(env: Env, name: str, says: str) -> None:
+    env.dash.pull_name.setText(name)
+    env.dash.pull_button.click()
+    env.qtbot.waitUntil(lambda: env.dash.statusBar().currentMessage().startswith(
+        "Cannot pull"), timeout=5000)
+    assert env.dash.statusBar().currentMessage().startswith(says)
+    assert env.dash.pull_button.isEnabled() and env.dash.pull_name.text() == name
 
 
 def test_images_delete_and_prune(env: Env) -> None:
