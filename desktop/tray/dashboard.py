@@ -53,6 +53,7 @@ from desktop.tray.docker_service import (
     usage,
     users,
 )
+from desktop.tray.runform import RunDialog
 from desktop.tray.worker import Follower
 
 # The state filter's choices: which containers each keeps, by their state.
@@ -237,7 +238,9 @@ class Dashboard(QMainWindow):
 
         # Images
         self.image_table = _table(["Tags", "ID", "Size", "Created", "In use by"])
-        ibar, self.image_buttons = _buttons("Delete", "Prune unused")
+        ibar, self.image_buttons = _buttons("Run…", "Delete", "Prune unused")
+        self.image_buttons["Run…"].clicked.connect(self.run_image)
+        self.run_dialog: RunDialog | None = None
         self.image_buttons["Delete"].clicked.connect(self.delete_image)
         self.image_buttons["Prune unused"].clicked.connect(self.prune_images)
         self.pull_name = QLineEdit()
@@ -661,6 +664,31 @@ class Dashboard(QMainWindow):
         f.item.connect(step)
         f.ended.connect(ended)
         self.puller = f.start()
+
+    def run_image(self) -> None:
+        """The Run form for the selected image (or an empty one); Run starts it on the
+        worker, and the Containers tab shows it."""
+        im = self._selected(self.image_table, self.images)
+        dlg = RunDialog(im.tags[0] if im is not None and im.tags else "",
+                        self.controller.state.shares, self)
+        self.run_dialog = dlg
+
+        def accepted() -> None:
+            spec = dlg.result_spec
+            if spec is None:
+                return
+            self.status(f"Starting {spec.image}…")
+
+            def started(name: str) -> None:
+                self.status(f"Started {name} from {spec.image}")
+                self.tabs.setCurrentIndex(0)
+                self.refresh()
+
+            self.worker.submit(lambda: self.docker.run(spec.image, **spec.create_kwargs()),
+                               started, lambda e: self.status(f"Cannot run {spec.image}: {e}"))
+
+        dlg.accepted.connect(accepted)
+        dlg.open()
 
     def delete_image(self) -> None:
         im = self._selected(self.image_table, self.images)

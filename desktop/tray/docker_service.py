@@ -276,6 +276,11 @@ class DockerService:
                     close()
         return messages()
 
+    def run(self, image: str, **kwargs: Any) -> str:
+        """`docker run -d` with docker-py's options (`runform.RunSpec.create_kwargs`);
+        the new container's name."""
+        return str(self._call(lambda: self.client.containers.run(image, **kwargs)).name)
+
     def stats_sample(self, cid: str) -> dict[str, Any]:
         """One reading of the container's counters, at once (one_shot: the engine does
         not wait a second for a second reading; `Usage` diffs two of ours)."""

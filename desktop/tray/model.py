@@ -54,6 +54,7 @@ class TrayState:
     accel_notes: list[str] = field(default_factory=list)
     context: str = ""
     saver_minutes: float | None = None
+    shares: list[str] = field(default_factory=list)  # host folders the VM mounts now
 
     @property
     def is_up(self) -> bool:
@@ -153,6 +154,8 @@ def apply_status(st: TrayState, status: dict[str, Any]) -> None:
     st.accel = str(status.get("accel") or "")
     st.accel_notes = [str(n) for n in status.get("accel_notes") or []]
     st.context = str(status.get("context") or "")
+    st.shares = [str(sh.get("path", "")) for sh in status.get("shares") or []
+                 if isinstance(sh, dict) and sh.get("path") and not sh.get("error")]
     saver = status.get("resource_saver")
     st.saver_minutes = float(saver.get("minutes", 0)) if isinstance(saver, dict) else None
     disk = status.get("data_disk") or {}

@@ -226,8 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        self.body = self.rfile.read(length) if length else b""
         self.server.api.handle(self)
 
     do_GET = do_POST = do_DELETE = do_HEAD = _handle
@@ -250,6 +249,7 @@ class FakeDockerAPI:
         self.calls: list[tuple[str, str]] = []
         self.stats_reads: dict[str, int] = {}
         self.pulls: list[str] = []
+        self.created: list[tuple[str, dict[str, Any]]] = []
         self.info = {"ServerVersion": ENGINE_VERSION, "KernelVersion": "6.12.0-cove",
                      "OperatingSystem": "Debian GNU/Linux 13 (trixie)", "NCPU": 2,
                      "HttpProxy": "http://alice:s3cret@proxy.example:3128"}
@@ -389,6 +389,18 @@ class FakeDockerAPI:
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
 
+    def _create(self, h: _Handler, q: Query) -> None:
+        """POST /containers/create: kept in `created` (name, body) and listed, created."""
+        body = json.loads(h.body or b"{}")
+        name = q.get("name", [""])[0] or f"auto{len(self.created)}"
+        if any(c["Names"] == [f"/{name}"] for c in self.containers):
+            return self._json(h, {"message": f'Conflict. The container name "/{name}" is '
+                                  "already in use"}, 409)
+        cid = f"{len(self.created) + 1:02d}" * 32
+        self.created.append((name, body))
+        self.containers.append(container(cid, name, body.get("Image", ""), state="created"))
+        self._json(h, {"Id": cid, "Warnings": []}, 201)
+
     def _events(self, h: _Handler, q: Query) -> None:
         self._stream(h, self._streams, "application/json")
 
@@ -403,6 +415,7 @@ class FakeDockerAPI:
         ("POST", "/volumes/prune"): _prune_volumes,
         ("GET", "/events"): _events,
         ("POST", "/images/create"): _pull,
+        ("POST", "/containers/create"): _create,
     }
 
     def _container(self, h: _Handler, method: str, ref: str, action: str | None) -> bool:

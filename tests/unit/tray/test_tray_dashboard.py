@@ -397,6 +397,46 @@ def test_a_pull_that_fails_says_why_and_what_to_do(env: Env, name: str, says: st
     assert env.dash.pull_button.isEnabled() and env.dash.pull_name.text() == name
 
 
+def test_run_an_image_from_the_form(env: Env) -> None:
+    """The selected image prefilled; the container made with the form's options and
+    shown in Containers. The shares offered are the VM's (the backend's status)."""
+    env.controller.state.shares = [str(env.inst.folder.parent)]
+    env.dash.tabs.setCurrentIndex(1)
+    env.dash.image_table.selectRow(0)  # nginx:1.27
+    env.dash.image_buttons["Run…"].click()
+    dlg = env.dash.run_dialog
+    assert dlg is not None and dlg.image.text() == "nginx:1.27"
+    dlg.name.setText("site")
+    dlg.ports.setText("8081:80")
+    dlg.binds.setPlainText(f"{env.inst.folder}:/usr/share/nginx/html:ro")
+    dlg.env.setPlainText("MODE=dev")
+    dlg.restart.setCurrentText("always")
+    dlg.run_button.click()
+    env.qtbot.waitUntil(lambda: "Started site from nginx:1.27" in
+                        env.dash.statusBar().currentMessage(), timeout=5000)
+    name, body = env.engine.created[-1]
+    assert name == "site" and body["Image"] == "nginx:1.27" and body["Env"] == ["MODE=dev"]
+    host = body["HostConfig"]
+    assert host["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": "8081"}]}
+    assert host["Binds"] == [f"{env.inst.folder}:/usr/share/nginx/html:ro"]
+    assert host["RestartPolicy"] == {"Name": "always"}
+    assert env.dash.tabs.currentIndex() == 0
+    env.qtbot.waitUntil(lambda: "site" in env.names(), timeout=5000)
+
+
+def test_a_run_the_engine_refuses_says_so(env: Env) -> None:
+    env.dash.image_buttons["Run…"].click()
+    dlg = env.dash.run_dialog
+    assert dlg is not None and dlg.image.text() == ""  # nothing selected: empty
+    dlg.image.setText("busybox")
+    dlg.name.setText("web")  # taken
+    dlg.run_button.click()
+    env.qtbot.waitUntil(lambda: env.dash.statusBar().currentMessage().startswith(
+        "Cannot run busybox: "), timeout=5000)
+    assert 'The container name "/web" is already in use' in \
+        env.dash.statusBar().currentMessage()
+
+
 def test_images_delete_and_prune(env: Env) -> None:
     d = env.dash
     d.image_table.selectRow(0)
