@@ -1,5 +1,5 @@
-"""The Dashboard's "Run" form: a container from an image, with a name, published ports,
-bind-mounted folders, environment variables and a restart policy.
+"""The Dashboard's "Run" form: a container from an image, with a name, a command,
+published ports, bind-mounted folders, environment variables and a restart policy.
 
 `parse_run` turns the form's text into the engine's create options or a RunFormError
 naming the field and the fix: a port that is not `HOST:CONTAINER[/udp]`, an env line
@@ -10,6 +10,7 @@ restart that takes). The dialog only gathers text; the Dashboard runs it on its 
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class RunSpec:
     binds: dict[str, dict[str, str]] = field(default_factory=dict)  # host: {bind, mode}
     environment: list[str] = field(default_factory=list)
     restart: str = "no"
+    command: list[str] = field(default_factory=list)  # empty: the image's own
 
     def create_kwargs(self) -> dict[str, Any]:
         """docker-py's `containers.run` keyword arguments (detached)."""
@@ -53,6 +55,8 @@ class RunSpec:
             kw["environment"] = list(self.environment)
         if self.restart != "no":
             kw["restart_policy"] = {"Name": self.restart}
+        if self.command:
+            kw["command"] = list(self.command)
         return kw
 
 
@@ -120,7 +124,7 @@ def parse_env(text: str) -> list[str]:
 
 
 def parse_run(image: str, name: str, ports: str, binds: str, env: str, restart: str,
-              shares: list[str]) -> RunSpec:
+              shares: list[str], command: str = "") -> RunSpec:
     image = image.strip()
     if not image:
         raise RunFormError("Image: name the image to run (e.g. nginx:1.27)")
@@ -130,8 +134,12 @@ def parse_run(image: str, name: str, ports: str, binds: str, env: str, restart: 
                            "must start with a letter or digit")
     if restart not in RESTART_POLICIES:
         raise RunFormError(f"Restart: {restart!r} is not one of {', '.join(RESTART_POLICIES)}")
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise RunFormError(f"Command: {e} (quote as a shell does)") from None
     return RunSpec(image, name, parse_ports(ports), parse_binds(binds, shares),
-                   parse_env(env), restart)
+                   parse_env(env), restart, argv)
 
 
 class RunDialog(QDialog):
@@ -144,6 +152,8 @@ class RunDialog(QDialog):
         self.image = QLineEdit(image)
         self.name = QLineEdit()
         self.name.setPlaceholderText("optional")
+        self.command = QLineEdit()
+        self.command.setPlaceholderText("optional: the image's own command otherwise")
         self.ports = QLineEdit()
         self.ports.setPlaceholderText("8080:80, 127.0.0.1:5432:5432, 5353:53/udp")
         self.binds = QPlainTextEdit()
@@ -158,7 +168,8 @@ class RunDialog(QDialog):
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #d63a3a;")
         form = QFormLayout(self)
-        for label, w in (("&Image", self.image), ("&Name", self.name), ("&Ports", self.ports),
+        for label, w in (("&Image", self.image), ("&Name", self.name),
+                         ("&Command", self.command), ("&Ports", self.ports),
                          ("&Folders", self.binds), ("&Environment", self.env),
                          ("&Restart", self.restart)):
             form.addRow(label, w)
@@ -174,7 +185,7 @@ class RunDialog(QDialog):
     def spec(self) -> RunSpec:
         return parse_run(self.image.text(), self.name.text(), self.ports.text(),
                          self.binds.toPlainText(), self.env.toPlainText(),
-                         self.restart.currentText(), self.shares)
+                         self.restart.currentText(), self.shares, self.command.text())
 
     def _accept(self) -> None:
         try:

@@ -18,14 +18,16 @@ SHARES = ["/home/me", "/tmp"]
 def test_a_whole_form_becomes_the_run_options() -> None:
     spec = parse_run(" nginx:1.27 ", "web", "8080:80, 127.0.0.1:8443:443\n5353:53/udp",
                      "/home/me/site:/usr/share/nginx/html:ro\n/tmp/x/:/data",
-                     "MODE=dev\nEMPTY=\n", "unless-stopped", SHARES)
+                     "MODE=dev\nEMPTY=\n", "unless-stopped", SHARES,
+                     command="sh -c 'exec httpd -f -p 80'")
     assert spec.create_kwargs() == {
         "detach": True, "name": "web",
         "ports": {"80/tcp": 8080, "443/tcp": ("127.0.0.1", 8443), "53/udp": 5353},
         "volumes": {"/home/me/site": {"bind": "/usr/share/nginx/html", "mode": "ro"},
                     "/tmp/x": {"bind": "/data", "mode": "rw"}},
         "environment": ["MODE=dev", "EMPTY="],
-        "restart_policy": {"Name": "unless-stopped"}}
+        "restart_policy": {"Name": "unless-stopped"},
+        "command": ["sh", "-c", "exec httpd -f -p 80"]}
     assert parse_run("busybox", "", "", "", "", "no", []).create_kwargs() == {"detach": True}
 
 
@@ -43,13 +45,14 @@ def test_a_whole_form_becomes_the_run_options() -> None:
     ("name", "-web", "Name: '-web' may hold letters, digits, _ . and - only"),
     ("name", "we b", "Name: 'we b' may hold"),
     ("image", " ", "Image: name the image to run"),
+    ("command", "sh -c 'unclosed", "Command: No closing quotation (quote as a shell does)"),
 ])
 def test_each_mistake_names_its_field_and_fix(field: str, value: str, says: str) -> None:
     form = {"image": "nginx", "name": "", "ports": "", "binds": "", "env": "",
-            "restart": "no", field: value}
+            "restart": "no", "command": "", field: value}
     with pytest.raises(RunFormError) as e:
         parse_run(form["image"], form["name"], form["ports"], form["binds"], form["env"],
-                  form["restart"], SHARES)
+                  form["restart"], SHARES, form["command"])
     assert str(e.value).startswith(says)
 
 
