@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from desktop.tray import model, terminal
 from desktop.tray.controller import TrayController
+from desktop.tray.disktab import DiskTab
 from desktop.tray.docker_service import (
     ContainerRow,
     DockerError,
@@ -261,6 +262,15 @@ class Dashboard(QMainWindow):
         self.volume_buttons["Delete"].clicked.connect(self.delete_volume)
         self.volume_buttons["Prune unused"].clicked.connect(self.prune_volumes)
         self.tabs.addTab(self._page(vbar, self.volume_table), "Volumes")
+
+        # Disk: docker system df, the host file, Reclaim space.
+        self.disk_tab = DiskTab(lambda: self.docker, controller.inst.data_disk,
+                                lambda: self.controller.state.disk_bytes, self.worker.submit,
+                                self.confirm, self.status)
+        self.tabs.addTab(self.disk_tab, "Disk")
+        self.tabs.currentChanged.connect(
+            lambda i: self.disk_tab.refresh() if self.tabs.widget(i) is self.disk_tab
+            else None)
 
         central = QWidget()
         cl = QVBoxLayout(central)

@@ -149,6 +149,42 @@ def usage(prev: dict[str, Any] | None, cur: dict[str, Any]) -> Usage:
     return Usage(pct, max(used, 0), int(mem.get("limit", 0)))
 
 
+@dataclass(frozen=True)
+class DiskUsage:
+    """`docker system df` as (total bytes, reclaimable bytes) per kind."""
+
+    images: tuple[int, int]
+    containers: tuple[int, int]
+    volumes: tuple[int, int]
+    build_cache: tuple[int, int]
+
+
+def disk_usage(df: dict[str, Any]) -> DiskUsage:
+    """The engine's GET /system/df answer summed as `docker system df` does: an image
+    is reclaimable when no container uses it, a volume when none mounts it, a
+    container's writable layer when it is stopped, a cache record when not in use."""
+    images = df.get("Images") or []
+    img_total = int(df.get("LayersSize") or sum(int(i.get("Size", 0)) for i in images))
+
+    def unique(i: dict[str, Any]) -> int:  # what only this image holds
+        return int(i.get("Size", 0)) - max(int(i.get("SharedSize") or 0), 0)
+
+    img_free = sum(unique(i) for i in images if i.get("Containers") == 0)
+    cont = df.get("Containers") or []
+    c_total = sum(int(c.get("SizeRw") or 0) for c in cont)
+    c_free = sum(int(c.get("SizeRw") or 0) for c in cont if c.get("State") != "running")
+    vols = df.get("Volumes") or []
+    v_size = [(int((v.get("UsageData") or {}).get("Size", 0)),
+               int((v.get("UsageData") or {}).get("RefCount", 0))) for v in vols]
+    v_total = sum(max(sz, 0) for sz, _ in v_size)
+    v_free = sum(max(sz, 0) for sz, refs in v_size if refs == 0)
+    cache = df.get("BuildCache") or []
+    b_total = sum(int(b.get("Size", 0)) for b in cache)
+    b_free = sum(int(b.get("Size", 0)) for b in cache if not b.get("InUse"))
+    return DiskUsage((img_total, max(img_free, 0)), (c_total, c_free), (v_total, v_free),
+                     (b_total, b_free))
+
+
 def users(containers: list[ContainerRow]) -> tuple[dict[str, list[str]],
                                                     dict[str, list[str]]]:
     """({image id: names of the containers made from it}, {volume: names of those that
@@ -309,6 +345,27 @@ class DockerService:
     def prune_volumes(self) -> int:
         res = self._call(lambda: self.client.api.prune_volumes()) or {}
         return int(res.get("SpaceReclaimed") or 0)
+
+    def disk_usage(self) -> DiskUsage:
+        """`docker system df`: what images, containers, volumes and the build cache
+        take in the VM, and how much of each nothing uses."""
+        return disk_usage(self._call(lambda: self.client.api.df()) or {})
+
+    def reclaim(self, containers: bool, images: bool, volumes: bool, build_cache: bool
+                ) -> int:
+        """Prune what is ticked (stopped containers, images no container uses, volumes
+        none mounts, the build cache); the bytes the engine says it freed."""
+        api = self.client.api
+        freed = 0
+        steps = [(containers, lambda: api.prune_containers()),
+                 (images, lambda: api.prune_images(filters={"dangling": False})),
+                 (volumes, lambda: api.prune_volumes(filters={"all": True})),
+                 (build_cache, lambda: api.prune_builds())]
+        for wanted, step in steps:
+            if wanted:
+                res = self._call(step) or {}
+                freed += int(res.get("SpaceReclaimed") or 0)
+        return freed
 
     # -- events --------------------------------------------------------------------------
 

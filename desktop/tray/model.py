@@ -55,6 +55,7 @@ class TrayState:
     context: str = ""
     saver_minutes: float | None = None
     shares: list[str] = field(default_factory=list)  # host folders the VM mounts now
+    disk_bytes: int = 0  # the data disk's size (the setting), 0 until known
 
     @property
     def is_up(self) -> bool:
@@ -154,6 +155,7 @@ def apply_status(st: TrayState, status: dict[str, Any]) -> None:
     st.accel = str(status.get("accel") or "")
     st.accel_notes = [str(n) for n in status.get("accel_notes") or []]
     st.context = str(status.get("context") or "")
+    st.disk_bytes = int(status.get("disk") or 0)
     st.shares = [str(sh.get("path", "")) for sh in status.get("shares") or []
                  if isinstance(sh, dict) and sh.get("path") and not sh.get("error")]
     saver = status.get("resource_saver")

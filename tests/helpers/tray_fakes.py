@@ -250,6 +250,7 @@ class FakeDockerAPI:
         self.stats_reads: dict[str, int] = {}
         self.pulls: list[str] = []
         self.created: list[tuple[str, dict[str, Any]]] = []
+        self.on_prune: Callable[[], None] = lambda: None  # the guest's trim, for a test
         self.info = {"ServerVersion": ENGINE_VERSION, "KernelVersion": "6.12.0-cove",
                      "OperatingSystem": "Debian GNU/Linux 13 (trixie)", "NCPU": 2,
                      "HttpProxy": "http://alice:s3cret@proxy.example:3128"}
@@ -340,7 +341,14 @@ class FakeDockerAPI:
         self._json(h, self.images)
 
     def _prune_images(self, h: _Handler, q: Query) -> None:
-        gone = [i for i in self.images if i["RepoTags"] == ["<none>:<none>"]]
+        """Untagged images; with the filter dangling=false, every image no container
+        uses (as the engine's prune)."""
+        filters = json.loads(q.get("filters", ["{}"])[0])
+        used = {c.get("ImageID") for c in self.containers}
+        if filters.get("dangling") in (["false"], {"false": True}):
+            gone = [i for i in self.images if i["Id"] not in used]
+        else:
+            gone = [i for i in self.images if i["RepoTags"] == ["<none>:<none>"]]
         self.images = [i for i in self.images if i not in gone]
         self._json(h, {"ImagesDeleted": [{"Deleted": i["Id"]} for i in gone],
                        "SpaceReclaimed": sum(i["Size"] for i in gone)})
@@ -401,6 +409,33 @@ class FakeDockerAPI:
         self.containers.append(container(cid, name, body.get("Image", ""), state="created"))
         self._json(h, {"Id": cid, "Warnings": []}, 201)
 
+    def _df(self, h: _Handler, q: Query) -> None:
+        """GET /system/df: the images listed (nginx used by web), 2 MB of writable layers
+        (1 MB of it stopped), the volumes (pgdata: 5 MB, mounted by db), 3 MB of build
+        cache (1 MB in use)."""
+        used = {c.get("ImageID") for c in self.containers}
+        self._json(h, {
+            "LayersSize": sum(i["Size"] for i in self.images),
+            "Images": [{**i, "SharedSize": 0, "Containers": int(i["Id"] in used)}
+                       for i in self.images],
+            "Containers": [{"Id": c["Id"], "State": c["State"], "SizeRw": 1_000_000}
+                           for c in self.containers[:2]],
+            "Volumes": [{"Name": v["Name"], "UsageData": {"Size": 5_000_000, "RefCount": 1}}
+                        for v in self.volumes],
+            "BuildCache": [{"ID": "b1", "Size": 2_000_000, "InUse": False},
+                           {"ID": "b2", "Size": 1_000_000, "InUse": True}]})
+
+    def _prune_containers(self, h: _Handler, q: Query) -> None:
+        gone = [c for c in self.containers if c["State"] != "running"]
+        self.containers = [c for c in self.containers if c not in gone]
+        self.on_prune()
+        self._json(h, {"ContainersDeleted": [c["Id"] for c in gone],
+                       "SpaceReclaimed": 1_000_000 * len(gone)})
+
+    def _prune_builds(self, h: _Handler, q: Query) -> None:
+        self.on_prune()
+        self._json(h, {"CachesDeleted": ["b1"], "SpaceReclaimed": 2_000_000})
+
     def _events(self, h: _Handler, q: Query) -> None:
         self._stream(h, self._streams, "application/json")
 
@@ -416,6 +451,9 @@ class FakeDockerAPI:
         ("GET", "/events"): _events,
         ("POST", "/images/create"): _pull,
         ("POST", "/containers/create"): _create,
+        ("GET", "/system/df"): _df,
+        ("POST", "/containers/prune"): _prune_containers,
+        ("POST", "/build/prune"): _prune_builds,
     }
 
     def _container(self, h: _Handler, method: str, ref: str, action: str | None) -> bool:
