@@ -22,20 +22,24 @@ from desktop.settings import Settings
 from desktop.tray import icons, model
 from desktop.tray.autostart import XdgAutostart
 from desktop.tray.controller import TrayController
-from desktop.tray.docker_service import ContainerRow, ImageRow, PortLink, VolumeRow
+from desktop.tray.docker_service import ContainerRow, ImageRow, PortLink, Usage, VolumeRow
 
 NOW = int(time.time())
 CONTAINERS = [
     ContainerRow("a1" * 32, "web", "nginx:1.27", "running", "Up 12 minutes", NOW - 720,
                  [PortLink("127.0.0.1", 8080, 80, "tcp"), PortLink("127.0.0.1", 8443, 443,
                                                                    "tcp")]),
-    ContainerRow("b2" * 32, "api", "example/api:dev", "running", "Up 12 minutes", NOW - 730,
-                 [PortLink("127.0.0.1", 3000, 3000, "tcp")]),
-    ContainerRow("c3" * 32, "db", "postgres:16", "running", "Up 2 hours", NOW - 7300,
-                 [PortLink("127.0.0.1", 5432, 5432, "tcp")]),
+    ContainerRow("b2" * 32, "shop-api-1", "example/api:dev", "running", "Up 12 minutes",
+                 NOW - 730, [PortLink("127.0.0.1", 3000, 3000, "tcp")], project="shop"),
+    ContainerRow("c3" * 32, "shop-db-1", "postgres:16", "running", "Up 2 hours", NOW - 7300,
+                 [PortLink("127.0.0.1", 5432, 5432, "tcp")], project="shop",
+                 volumes=("pgdata",)),
     ContainerRow("d4" * 32, "migrate", "example/api:dev", "exited", "Exited (0) 11 minutes "
                  "ago", NOW - 700),
 ]
+USAGE = {"a1" * 32: Usage(0.4, 9_400_000, 4_100_000_000),
+         "b2" * 32: Usage(12.5, 88_000_000, 4_100_000_000),
+         "c3" * 32: Usage(1.8, 41_000_000, 4_100_000_000)}
 IMAGES = [ImageRow("sha256:" + "e" * 64, ["nginx:1.27"], 192_000_000, NOW - 86400 * 20),
           ImageRow("sha256:" + "f" * 64, ["postgres:16"], 438_000_000, NOW - 86400 * 30),
           ImageRow("sha256:" + "9" * 64, ["example/api:dev"], 61_000_000, NOW - 3600)]
@@ -83,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                {"event": "running", "engine_version": "26.1.5"}):
         model.apply_event(st, ev, live=False)
     st.containers = 3
+    model.apply_status(st, {"state": "running", "engine_version": "26.1.5", "accel": "kvm",
+                            "context": "cove", "resource_saver": {"minutes": 5.0},
+                            "disk": 64 * 2**30})
 
     icon_sheet().save(str(out / "tray-icons.png"))
 
@@ -98,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     from desktop.tray.dashboard import Dashboard
 
     dash = Dashboard(controller)
-    dash.resize(900, 560)
+    dash.resize(960, 620)  # the window's own default size
+    dash.usage = dict(USAGE)
     dash.show_rows(CONTAINERS, IMAGES, VOLUMES)
     dash.container_table.blockSignals(True)  # no log stream: there is no engine here
-    dash.container_table.selectRow(0)
+    dash.select_container("web")
     dash.container_table.blockSignals(False)
     dash._update_buttons()
     for line in LOG:
