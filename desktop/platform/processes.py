@@ -56,6 +56,27 @@ def is_alive(pid: int) -> bool:
         return True  # exists, and belongs to someone else
 
 
+class Meter:
+    """A process's CPU use and resident memory, read again and again: `read()` gives
+    (CPU as % of one core since the last read, None at the first; RSS in bytes), or
+    None once the process is gone or may not be read."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._proc: Any = None
+
+    def read(self) -> tuple[float | None, int] | None:
+        try:
+            first = self._proc is None
+            if first:
+                self._proc = psutil.Process(self.pid)
+            cpu = float(self._proc.cpu_percent(None))  # from the previous call
+            return (None if first else cpu), int(self._proc.memory_info().rss)
+        except psutil.Error:
+            self._proc = None
+            return None
+
+
 def start_token(pid: int) -> str:
     """The start token of process `pid` (see the module's doc); "" when it is gone, a
     zombie, or not readable."""

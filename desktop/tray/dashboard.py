@@ -54,6 +54,7 @@ from desktop.tray.docker_service import (
     usage,
     users,
 )
+from desktop.tray.resources import ResourcesTab, Sampler
 from desktop.tray.runform import RunDialog
 from desktop.tray.worker import Follower
 
@@ -268,6 +269,11 @@ class Dashboard(QMainWindow):
                                 lambda: self.controller.state.disk_bytes, self.worker.submit,
                                 self.confirm, self.status)
         self.tabs.addTab(self.disk_tab, "Disk")
+        self.resources_tab = ResourcesTab(
+            Sampler(lambda: controller.client.request("agent_status", timeout=10)),
+            lambda: self.controller.state, self.worker.submit,
+            lambda: self.isVisible() and self.tabs.currentWidget() is self.resources_tab)
+        self.tabs.addTab(self.resources_tab, "Resources")
         self.tabs.currentChanged.connect(
             lambda i: self.disk_tab.refresh() if self.tabs.widget(i) is self.disk_tab
             else None)

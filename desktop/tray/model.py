@@ -56,6 +56,7 @@ class TrayState:
     saver_minutes: float | None = None
     shares: list[str] = field(default_factory=list)  # host folders the VM mounts now
     disk_bytes: int = 0  # the data disk's size (the setting), 0 until known
+    qemu_pid: int | None = None  # the VM's process (None under Hyper-V, or not running)
 
     @property
     def is_up(self) -> bool:
@@ -156,6 +157,7 @@ def apply_status(st: TrayState, status: dict[str, Any]) -> None:
     st.accel_notes = [str(n) for n in status.get("accel_notes") or []]
     st.context = str(status.get("context") or "")
     st.disk_bytes = int(status.get("disk") or 0)
+    st.qemu_pid = int(status["qemu_pid"]) if status.get("qemu_pid") else None
     st.shares = [str(sh.get("path", "")) for sh in status.get("shares") or []
                  if isinstance(sh, dict) and sh.get("path") and not sh.get("error")]
     saver = status.get("resource_saver")

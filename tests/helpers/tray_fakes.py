@@ -145,6 +145,8 @@ class FakeBackend:
                               for (p, n), e in failed.items()], **self.extra_status}
         if op == "stop":
             return "stopping"
+        if op == "agent_status":  # the guest's /proc/meminfo, in kB as the agent sends it
+            return {"memory": {"total": 2_000_000, "available": 1_500_000}}
         if op == "engine_config":
             if self.engine_config_error:
                 raise ValueError(f"the engine refused the config: {self.engine_config_error}")
