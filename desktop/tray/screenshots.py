@@ -12,9 +12,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QPoint, Qt
-from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
+from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import QApplication
 
 from desktop.instance import Instance
@@ -70,6 +71,41 @@ def icon_sheet() -> QPixmap:
     return pm
 
 
+def dashboard(controller: TrayController) -> Any:
+    """The Dashboard with the made-up rows, web selected, its log shown."""
+    from desktop.tray.dashboard import Dashboard
+
+    dash = Dashboard(controller)
+    dash.resize(960, 620)  # the window's own default size
+    dash.usage = dict(USAGE)
+    dash.show_rows(CONTAINERS, IMAGES, VOLUMES)
+    dash.container_table.blockSignals(True)  # no log stream: there is no engine here
+    dash.select_container("web")
+    dash.container_table.blockSignals(False)
+    dash._update_buttons()
+    for line in LOG:
+        dash.log_view.appendPlainText(line)
+    dash.show()
+    QApplication.processEvents()
+    return dash
+
+
+def dark_palette() -> QPalette:
+    """A dark desktop theme's colours, as Fusion takes them."""
+    pal = QPalette()
+    roles = QPalette.ColorRole
+    for role, colour in ((roles.Window, "#2b2d30"), (roles.WindowText, "#e8eaed"),
+                         (roles.Base, "#1e1f22"), (roles.AlternateBase, "#26282b"),
+                         (roles.Text, "#e8eaed"), (roles.Button, "#3c3f41"),
+                         (roles.ButtonText, "#e8eaed"), (roles.Highlight, "#2f65ca"),
+                         (roles.HighlightedText, "#ffffff"), (roles.Link, "#8ab4f8"),
+                         (roles.ToolTipBase, "#3c3f41"), (roles.ToolTipText, "#e8eaed"),
+                         (roles.PlaceholderText, "#9aa0a6")):
+        pal.setColor(role, QColor(colour))
+    pal.setColor(QPalette.ColorGroup.Disabled, roles.ButtonText, QColor("#7a7d80"))
+    return pal
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0] if args else "docs/screenshots")
@@ -102,22 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     tray.menu.grab().save(str(out / "tray-menu.png"))
     tray.menu.hide()
 
-    from desktop.tray.dashboard import Dashboard
-
-    dash = Dashboard(controller)
-    dash.resize(960, 620)  # the window's own default size
-    dash.usage = dict(USAGE)
-    dash.show_rows(CONTAINERS, IMAGES, VOLUMES)
-    dash.container_table.blockSignals(True)  # no log stream: there is no engine here
-    dash.select_container("web")
-    dash.container_table.blockSignals(False)
-    dash._update_buttons()
-    for line in LOG:
-        dash.log_view.appendPlainText(line)
-    dash.show()
-    app.processEvents()
+    dash = dashboard(controller)
     dash.grab().save(str(out / "dashboard.png"))
     dash.close()
+    light = app.palette()
+    app.setPalette(dark_palette())  # the same in a dark desktop theme, made in it
+    dark = dashboard(controller)
+    app.processEvents()
+    dark.grab().save(str(out / "dashboard-dark.png"))
+    dark.close()
+    app.setPalette(light)
 
     from desktop.tray.settings_dialog import SettingsDialog
 
