@@ -14,6 +14,7 @@ from benchmarks import (
     faults,
     filewatch,
     footprint,
+    idle,
     ports,
     rest,
     shares,
@@ -22,7 +23,7 @@ from benchmarks import (
 
 SUITES = {"boot": boot.run, "api": api.run, "bulk": bulk.run, "footprint": footprint.run,
           "ports": ports.run, "faults": faults.run, "filewatch": filewatch.run,
-          "rest": rest.run, "dashboard": dashboard.run,
+          "rest": rest.run, "dashboard": dashboard.run, "idle": idle.run,
           "shares": shares.run, "tray": tray.run}
 
 

@@ -68,7 +68,7 @@ def measure(n_containers: int, n_images: int, runs: int) -> tuple[list[float], l
             real(*args)
             shown.append((time.perf_counter(), time.perf_counter() - t0))
 
-        dash.show_rows = timed  # type: ignore[method-assign]
+        dash.show_rows = timed  # type: ignore[method-assign,assignment]
         try:
             dash.show()
             controller.start_following()

@@ -76,6 +76,7 @@ class Agent:
             "set_time": self._op_set_time, "engine_config": self._op_engine_config,
             "logs": self._op_logs, "ports": self._op_ports, "touch": self._op_touch,
             "mount_share": self._op_mount_share, "shutdown": self._op_shutdown,
+            "trim": lambda req: self.disk.trim_now(),
         }
         self._share_streams: dict[int, socket.socket] = {}
         self._share_cv = threading.Condition()

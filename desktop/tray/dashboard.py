@@ -267,7 +267,8 @@ class Dashboard(QMainWindow):
         # Disk: docker system df, the host file, Reclaim space.
         self.disk_tab = DiskTab(lambda: self.docker, controller.inst.data_disk,
                                 lambda: self.controller.state.disk_bytes, self.worker.submit,
-                                self.confirm, self.status)
+                                self.confirm, self.status,
+                                trim=lambda: controller.client.request("trim", timeout=600))
         self.tabs.addTab(self.disk_tab, "Disk")
         self.resources_tab = ResourcesTab(
             Sampler(lambda: controller.client.request("agent_status", timeout=10)),
@@ -356,6 +357,11 @@ class Dashboard(QMainWindow):
         self._shown_trouble = dict(self.controller.state.failed_ports)
         t = self.container_table
         t.blockSignals(True)
+        # Sized once when filled, not again for each cell set (200 rows: most of the time
+        # the refresh held the GUI thread went there).
+        t.setUpdatesEnabled(False)
+        header = t.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         t.clearSpans()
         t.setRowCount(len(self.rows))
         for i, row in enumerate(self.rows):
@@ -385,8 +391,11 @@ class Dashboard(QMainWindow):
             self._usage_cells(i, c)
             if selected is not None and c.id == selected.id:
                 t.selectRow(i)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
         t.resizeColumnToContents(1)
         t.setColumnWidth(1, min(t.columnWidth(1), IMAGE_COLUMN_MAX))
+        t.setUpdatesEnabled(True)
         t.blockSignals(False)
         image_users, volume_users = users(self.all_containers)
         it = self.image_table
@@ -671,6 +680,7 @@ class Dashboard(QMainWindow):
             if error:
                 self.status(pull_message(ref, error))
                 return
+            self.pull_progress.setValue(100)
             self.pull_name.clear()
             self.status(f"Pulled {ref}" + (f" ({progress.status})" if progress.status
                                            else ""))

@@ -1,7 +1,6 @@
 """The Dashboard's Disk tab: what the VM's data disk holds (`docker system df`), what it
-takes on this computer's disk, and "Reclaim space": prune what the user ticks, then wait
-for the guest's trim (the agent trims once freed space settles) and show how much the
-host's file shrank.
+takes on this computer's disk, and "Reclaim space": prune what the user ticks, have the
+guest trim at once (the backend's `trim` op), and show how much the host's file shrank.
 
 The data disk is a sparse or growing file on the host (qcow2, or Hyper-V's VHDX): what it
 takes there is its allocated blocks, not its size.
@@ -45,11 +44,15 @@ def allocated(path: Path) -> int:
 
 def reclaim(docker: DockerService, disk: Path, ticked: dict[str, bool],
             settle: float = SETTLE_SECONDS, poll: float = POLL_SECONDS,
-            sleep: Callable[[float], Any] = time.sleep) -> tuple[int, int, int]:
-    """Prune, then wait until the host's file stops shrinking (or `settle` passes):
-    (bytes the engine freed, the file's allocation before, after). On the worker."""
+            sleep: Callable[[float], Any] = time.sleep,
+            trim: Callable[[], Any] = lambda: None) -> tuple[int, int, int]:
+    """Prune, have the guest trim at once (`trim`: the backend's op), then wait until
+    the host's file stops shrinking (or `settle` passes): (bytes the engine freed, the
+    file's allocation before, after). On the worker."""
     before = allocated(disk)
     freed = docker.reclaim(**ticked)
+    if freed:
+        trim()
     after = before
     deadline = time.monotonic() + settle
     last = before
@@ -69,9 +72,11 @@ class DiskTab(QWidget):
     def __init__(self, docker: Callable[[], DockerService], disk: Path,
                  disk_bytes: Callable[[], int], submit: Callable[..., None],
                  confirm: Callable[[str], bool], status: Callable[[str], None],
+                 trim: Callable[[], Any] = lambda: None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._docker, self.disk, self._disk_bytes = docker, disk, disk_bytes
+        self._trim = trim
         self._submit, self._confirm, self._status = submit, confirm, status
         self.host_label = QLabel()
         self.table = QTableWidget(4, 3)
@@ -151,4 +156,4 @@ class DiskTab(QWidget):
             self.result.setText(f"Reclaim failed: {message}")
 
         self._submit(lambda: reclaim(docker, self.disk, ticked, SETTLE_SECONDS,
-                                     POLL_SECONDS), done, failed)
+                                     POLL_SECONDS, trim=self._trim), done, failed)

@@ -432,35 +432,37 @@ def pull_message(ref: str, error: str) -> str:
 
 
 class PullProgress:
-    """The engine's pull messages folded into one figure: bytes of every layer seen so
-    far, downloaded against their sizes."""
+    """The engine's pull messages folded into one figure: each layer's share done (its
+    bytes downloaded of its size while it downloads; all of it once complete), averaged
+    over the layers seen so far. A small layer may never report a size."""
+
+    DONE = ("Download complete", "Pull complete", "Already exists")
 
     def __init__(self) -> None:
-        self.layers: dict[str, tuple[int, int]] = {}  # id -> (current, total)
-        self.done: set[str] = set()
+        self.layers: dict[str, float] = {}  # id -> fraction done
         self.status = ""
 
     def update(self, msg: dict[str, Any]) -> None:
         layer, status = str(msg.get("id", "")), str(msg.get("status", ""))
         detail = msg.get("progressDetail") or {}
-        if layer and status.startswith("Downloading") and detail.get("total"):
-            self.layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
-        elif layer and status in ("Download complete", "Pull complete", "Already exists"):
-            self.done.add(layer)
-            if layer in self.layers:
-                total = self.layers[layer][1]
-                self.layers[layer] = (total, total)
+        if layer and not status.startswith(("Pulling from", "Digest", "Status")):
+            if status in self.DONE:
+                self.layers[layer] = 1.0
+            elif status.startswith("Downloading") and detail.get("total"):
+                self.layers[layer] = min(int(detail.get("current", 0)) / int(detail["total"]),
+                                         0.99)
+            else:
+                self.layers.setdefault(layer, 0.0)
         if not layer or not status.startswith(("Downloading", "Extracting", "Waiting")):
             self.status = status
 
     @property
     def percent(self) -> int:
-        total = sum(t for _, t in self.layers.values())
-        return int(100 * sum(c for c, _ in self.layers.values()) / total) if total else 0
+        return int(100 * sum(self.layers.values()) / len(self.layers)) if self.layers else 0
 
     @property
     def text(self) -> str:
-        n = len(self.layers.keys() | self.done)
+        n = len(self.layers)
         return f"{n} layer{'s' * (n != 1)}, {self.percent} %" if n else self.status
 
 

@@ -57,9 +57,9 @@ class Sampler:
         used = total = None
         if guest_awake:
             mem = (self.agent_status() or {}).get("memory") or {}
-            if mem.get("total"):
-                total = int(mem["total"]) * 1024  # /proc/meminfo's kB
-                used = total - int(mem.get("available", 0)) * 1024
+            if mem.get("total"):  # bytes (the agent converts /proc/meminfo's kB)
+                total = int(mem["total"])
+                used = total - int(mem.get("available", 0))
         return Sample(time.time(), cpu, rss, used, total)
 
 

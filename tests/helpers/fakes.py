@@ -286,10 +286,14 @@ class FakeController:
     def _mount(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._mount_share(int(req.get("index", -1)))
 
+    def _trim(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "result": {"trimmed": "/mnt/data: 0 B (0 bytes) trimmed",
+                                       "free": 1 << 30}}
+
     _OPS: dict[str, Callable[[FakeController, dict[str, Any]], dict[str, Any]]] = {
         "hello": _hello, "status": _status, "ping": _ping, "set_time": _set_time,
         "shutdown": _shutdown, "logs": _logs, "engine_config": _engine_config,
-        "ports": _ports, "touch": _touch, "mount_share": _mount,
+        "ports": _ports, "touch": _touch, "mount_share": _mount, "trim": _trim,
     }
 
 

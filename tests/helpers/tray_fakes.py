@@ -45,6 +45,7 @@ class FakeBackend:
         self.history: list[dict[str, Any]] = []
         self.state = state
         self.engine_config_error = ""
+        self.on_trim: Callable[[], None] = lambda: None  # the guest's fstrim, for a test
         # As the real status: the accelerator and why, the context, Resource Saver.
         self.extra_status: dict[str, Any] = {
             "accel": "tcg", "accel_notes": ["/dev/kvm cannot run this guest: software "
@@ -145,8 +146,11 @@ class FakeBackend:
                               for (p, n), e in failed.items()], **self.extra_status}
         if op == "stop":
             return "stopping"
-        if op == "agent_status":  # the guest's /proc/meminfo, in kB as the agent sends it
-            return {"memory": {"total": 2_000_000, "available": 1_500_000}}
+        if op == "trim":
+            self.on_trim()
+            return {"trimmed": "/mnt/data: 5 MiB (5242880 bytes) trimmed", "free": 1}
+        if op == "agent_status":  # the guest's /proc/meminfo, in bytes as the agent sends
+            return {"memory": {"total": 2_048_000_000, "available": 1_536_000_000}}
         if op == "engine_config":
             if self.engine_config_error:
                 raise ValueError(f"the engine refused the config: {self.engine_config_error}")

@@ -11,15 +11,21 @@ never touched.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,6 +169,90 @@ def own_instance(cove_home: tuple[Path, Path], name: str, *start: str,
     finally:
         keep_logs(c)
         c.cove("delete", "--force", check=False, timeout=300)
+
+
+def free_port() -> int:
+    """A TCP port free on the host's loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+    """`check()`'s first truthy answer (an OSError counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = check()
+            if got:
+                return got
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def http_get(port: int, path: str = "/", auth: str = "") -> bytes:
+    """GET http://127.0.0.1:PORT/PATH, with basic auth "user:password" if given."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return bytes(r.read())
+
+
+REGISTRY_CONFIG = """\
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+auth:
+  htpasswd:
+    realm: cove-test
+    path: /etc/docker/registry/htpasswd
+"""
+
+
+@pytest.fixture(scope="session")
+def registry(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """Debian's docker-registry (the host's binary and the libc it links), as an image
+    built here and run with its port published: the engine in the VM pushes to
+    localhost:PORT, which the host reaches through Cove's forward. htpasswd auth, user
+    cove / password s3cret-pw."""
+    import bcrypt
+
+    binary = Path(shutil.which("docker-registry") or "/usr/bin/docker-registry")
+    assert binary.exists(), "docker-registry is not installed (make deps installs it)"
+    d = tmp_path_factory.mktemp("registry")
+    libs = [line.split("=>")[-1].split("(")[0].strip() for line in subprocess.run(
+        ["ldd", str(binary)], capture_output=True, text=True, check=True).stdout.splitlines()
+        if "/" in line]
+    lines = ["FROM scratch", "COPY docker-registry /bin/docker-registry"]
+    for i, lib in enumerate(libs):
+        shutil.copy(lib, d / f"lib{i}")
+        lines.append(f"COPY lib{i} {lib}")
+    shutil.copy(binary, d / "docker-registry")
+    (d / "config.yml").write_text(REGISTRY_CONFIG)
+    pw = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=5)).decode()
+    (d / "htpasswd").write_text(f"cove:{pw}\n")
+    lines += ["COPY config.yml /etc/docker/registry/config.yml",
+              "COPY htpasswd /etc/docker/registry/htpasswd",
+              'ENTRYPOINT ["/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]']
+    (d / "Dockerfile").write_text("\n".join(lines) + "\n")
+    tag = f"cove-registry-{uuid.uuid4().hex[:6]}"
+    cove.docker("build", "-q", "-t", tag, str(d), timeout=600)
+    port = free_port()
+    name = f"registry{uuid.uuid4().hex[:6]}"
+    cove.docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5000", tag)
+    try:
+        wait_for("the registry through Cove's forward", lambda: http_get(
+            port, "/v2/", auth="cove:s3cret-pw") == b"{}", timeout=120)
+        yield port
+    finally:
+        cove.docker("rm", "-f", name, check=False)
+        cove.docker("rmi", "-f", tag, check=False)
 
 
 LOGS = Path(os.environ.get("COVE_TEST_LOGS", "/tmp/cove-test-logs"))

@@ -7,52 +7,22 @@ BuildKit's `--target` and `--ssh`."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Cove
+from tests.integration.conftest import Cove, free_port, http_get, wait_for
 
 
 def _name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(what: str, check: object, timeout: float = 90) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            got = check()  # type: ignore[operator]
-            if got:
-                return got
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
-        time.sleep(0.5)
-
-
-def _http(port: int, path: str = "/", auth: str = "") -> bytes:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return r.read()
 
 
 COMPOSE = """\
@@ -106,7 +76,7 @@ def project(cove: Cove, hello_image: str, shares: dict[str, Path]) -> Iterator[t
     (d / "web" / "Dockerfile").write_text(f"FROM {hello_image}\nRUN echo built > /built\n")
     (d / "www" / "index.html").write_text("from the host folder\n")
     (d / "src" / "app.txt").write_text("v1\n")
-    port = _free_port()
+    port = free_port()
     (d / "compose.yaml").write_text(COMPOSE.format(port=port, hello=hello_image))
     name = _name("p")
     try:
@@ -124,10 +94,10 @@ def test_a_compose_project_builds_waits_on_health_and_comes_down(
     cove.docker(*up, "up", "--build", "-d", "web", "app", timeout=600)
     port = int(cove.docker(*up, "port", "web", "8080").stdout.strip().rsplit(":", 1)[1])
     # From the host, through Cove's forward of the published port.
-    assert _wait("the web service from the host", lambda: _http(port, "/index.html")) == \
+    assert wait_for("the web service from the host", lambda: http_get(port, "/index.html")) == \
         b"from the host folder\n"
     # The app started only once web was healthy, and reached it by name on the network.
-    got = _wait("app's fetch", lambda: cove.docker(*up, "exec", "-T", "app", "cat",
+    got = wait_for("app's fetch", lambda: cove.docker(*up, "exec", "-T", "app", "cat",
                                                      "/data/got", check=False).stdout)
     assert got == "from the host folder\n"
     # One JSON object per line (Compose 2.21 and later).
@@ -153,81 +123,37 @@ def test_compose_watch_syncs_a_host_edit_into_the_container(
     watch = subprocess.Popen(["docker", "--context", cove.context, *up, "watch", "sync"],
                              env=cove.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
+    lines: list[str] = []
+    assert watch.stdout is not None
+    out_pipe = watch.stdout
+    reader = threading.Thread(target=lambda: lines.extend(out_pipe), daemon=True)
+    reader.start()
     try:
-        time.sleep(3)  # watch takes its first look at the tree
-        assert watch.poll() is None, watch.communicate()[0]
+        # Watch builds and starts the service first; an edit before it watches is not
+        # synced (it does not copy the tree at start).
+        wait_for("watch to be enabled", lambda: any("Watch enabled" in ln for ln in lines),
+                 timeout=300)
+        assert watch.poll() is None, "".join(lines)
         (d / "src" / "app.txt").write_text("v2, edited on the host\n")
 
         def synced() -> bool:
             got = cove.docker(*up, "exec", "-T", "sync", "cat", "/src/app.txt", check=False)
             return got.stdout == "v2, edited on the host\n"
 
-        _wait("the edit in the container", synced, timeout=120)
+        wait_for("the edit in the container", synced, timeout=120)
     finally:
         watch.terminate()
         try:
-            out = watch.communicate(timeout=30)[0]
+            watch.wait(timeout=30)
         except subprocess.TimeoutExpired:
             watch.kill()
-            out = watch.communicate()[0]
-    assert "Syncing" in out or "sync" in out.lower(), out
+            watch.wait()
+        reader.join(10)
+        out_pipe.close()
+    assert any('Syncing "sync" after changes were detected' in ln for ln in lines), lines
 
 
 # -- a registry ------------------------------------------------------------------------------
-
-REGISTRY_CONFIG = """\
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: /var/lib/registry
-http:
-  addr: :5000
-auth:
-  htpasswd:
-    realm: cove-test
-    path: /etc/docker/registry/htpasswd
-"""
-
-
-@pytest.fixture(scope="module")
-def registry(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """Debian's docker-registry (the host's binary and the libc it links), as an image
-    built here and run with its port published: the engine in the VM pushes to
-    localhost:PORT, which the host reaches through Cove's forward. htpasswd auth, user
-    cove / password s3cret-pw."""
-    import bcrypt
-
-    binary = Path(shutil.which("docker-registry") or "/usr/bin/docker-registry")
-    assert binary.exists(), "docker-registry is not installed (make deps installs it)"
-    d = tmp_path_factory.mktemp("registry")
-    libs = [line.split("=>")[-1].split("(")[0].strip() for line in subprocess.run(
-        ["ldd", str(binary)], capture_output=True, text=True, check=True).stdout.splitlines()
-        if "/" in line]
-    lines = ["FROM scratch", "COPY docker-registry /bin/docker-registry"]
-    for i, lib in enumerate(libs):
-        shutil.copy(lib, d / f"lib{i}")
-        lines.append(f"COPY lib{i} {lib}")
-    shutil.copy(binary, d / "docker-registry")
-    (d / "config.yml").write_text(REGISTRY_CONFIG)
-    pw = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=5)).decode()
-    (d / "htpasswd").write_text(f"cove:{pw}\n")
-    lines += ["COPY config.yml /etc/docker/registry/config.yml",
-              "COPY htpasswd /etc/docker/registry/htpasswd",
-              'ENTRYPOINT ["/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]']
-    (d / "Dockerfile").write_text("\n".join(lines) + "\n")
-    tag = _name("cove-registry-")
-    cove.docker("build", "-q", "-t", tag, str(d), timeout=600)
-    port = _free_port()
-    name = _name("registry")
-    cove.docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5000", tag)
-    try:
-        _wait("the registry through Cove's forward", lambda: _http(
-            port, "/v2/", auth="cove:s3cret-pw") == b"{}", timeout=120)
-        yield port
-    finally:
-        cove.docker("rm", "-f", name, check=False)
-        cove.docker("rmi", "-f", tag, check=False)
-
 
 def test_docker_login_push_and_pull_with_a_local_registry(
         cove: Cove, hello_image: str, registry: int, tmp_path: Path) -> None:
@@ -247,7 +173,7 @@ def test_docker_login_push_and_pull_with_a_local_registry(
     assert f"localhost:{port}" in config.get("auths", {}), config
     try:
         cove.docker("push", ref, timeout=300)
-        catalog = json.loads(_http(port, "/v2/_catalog", auth="cove:s3cret-pw"))
+        catalog = json.loads(http_get(port, "/v2/_catalog", auth="cove:s3cret-pw"))
         assert "cove/hello" in catalog["repositories"]
         cove.docker("rmi", ref)
         cove.docker("pull", ref, timeout=300)

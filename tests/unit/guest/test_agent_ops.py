@@ -13,7 +13,7 @@ from guest_engine import agent, boot, protocol, server
 
 # What the host asks (desktop/backend.py, desktop/link.py; docs/protocol.md).
 HOST_OPS = {"hello", "status", "ping", "set_time", "engine_config", "logs", "ports", "touch",
-            "mount_share", "shutdown"}
+            "mount_share", "shutdown", "trim"}
 
 
 @pytest.fixture
@@ -23,6 +23,12 @@ def ag() -> agent.Agent:
 
 def test_the_table_names_every_op_the_host_sends(ag: agent.Agent) -> None:
     assert set(ag.ops) == HOST_OPS
+
+
+def test_trim_runs_the_disk_watchers_trim_now(ag: agent.Agent,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ag.disk, "trim_now", lambda: {"trimmed": "t", "free": 7})
+    assert ag.handle({"op": "trim"}) == {"ok": True, "result": {"trimmed": "t", "free": 7}}
 
 
 def test_the_link_serves_every_header_op() -> None:

@@ -89,3 +89,26 @@ def test_a_statvfs_error_is_logged_not_raised() -> None:
     w.check()
     assert w.last == {}
     assert diskwatch.INTERVAL > 0
+
+
+def test_a_trim_the_host_asks_for_runs_at_once_and_moves_the_marks() -> None:
+    """The Dashboard's Reclaim space: less than TRIM_GAIN freed, trimmed all the same;
+    the watcher then counts what is freed from there (no second trim for the same)."""
+    disk = Disk(8 * GIB, 1 * GIB)
+    w, _, trims = _watcher(disk)
+    w.check()
+    disk.free = 1 * GIB + 100 * MIB  # under TRIM_GAIN: the watcher would wait for more
+    w.check()
+    w.check()
+    assert trims == []
+    order: list[str] = []
+    w.sync = lambda: order.append("sync")
+    real_trim = w.trim
+    w.trim = lambda: order.append("trim") or real_trim()  # type: ignore[func-returns-value]
+    assert w.trim_now() == {"trimmed": "trimmed", "free": 1 * GIB + 100 * MIB}
+    assert trims == [1 * GIB + 100 * MIB]
+    assert order == ["sync", "trim"]  # the journal committed first, or ext4 skips it
+    disk.free = 1 * GIB + 300 * MIB  # 200 MiB since the trim: still under the gain
+    w.check()
+    w.check()
+    assert len(trims) == 1

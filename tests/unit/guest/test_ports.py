@@ -202,3 +202,35 @@ def test_a_publish_racing_a_scan_never_drops_the_port(monkeypatch: pytest.Monkey
     assert [p["port"] for p in seen[-1]["added"]] == [18094]
     assert [p["port"] for p in seen[-1]["removed"]] == [18094]
     assert seen[-1]["added"][0]["container"] == "web"
+
+
+def test_the_listeners_are_read_often_only_while_a_host_network_container_runs(
+        monkeypatch: pytest.MonkeyPatch, containers: list[dict]) -> None:
+    """Each scan wakes the idle VM: with only bridge containers (their ports come with
+    the engine's events) the scan is slow; a host-network one makes it fast, and so does
+    an engine that does not answer."""
+    w = ports.PortWatcher(lambda ev: None, own_ports=set())
+    assert w.interval == ports.SLOW_SCAN  # before the engine said anything
+    listed: list[object] = [containers]
+
+    def get_json(path: str) -> object:
+        assert path == "/containers/json"
+        if isinstance(listed[0], Exception):
+            raise listed[0]
+        return listed[0]
+
+    monkeypatch.setattr(ports.dockerapi, "get_json", get_json)
+    w._refresh_published()
+    assert w.interval == ports.SLOW_SCAN and w._published  # bridge only
+    host = {**containers[0], "Id": "h" * 64, "Names": ["/srv"], "Ports": [],
+            "HostConfig": {"NetworkMode": "host"}}
+    listed[0] = [*containers, host]
+    w._refresh_published()
+    assert w.interval == ports.FAST_SCAN
+    listed[0] = OSError("engine restarting")
+    w._refresh_published()
+    assert w.interval == ports.FAST_SCAN
+    listed[0] = []
+    w._refresh_published()
+    assert w.interval == ports.SLOW_SCAN
+    assert ports.FAST_SCAN <= 0.25 and ports.SLOW_SCAN >= 5 * ports.FAST_SCAN

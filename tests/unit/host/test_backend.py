@@ -983,6 +983,9 @@ def test_control_agent_passthrough(make_cove: Callable[..., Cove]) -> None:
     assert c.agent_ops("logs")[-1]["lines"] == 5
     st = c.request("agent_status")
     assert st["agent_version"] == AGENT_VERSION and st["uptime"] == 12.5
+    # The Dashboard's Reclaim space: a trim now, answered by the agent.
+    assert c.request("trim")["trimmed"].startswith("/mnt/data: ")
+    assert c.agent_ops("trim") != []
 
     assert c.request("engine_config", config={"debug": True}) == {"applied": True}
     saved = json.loads(c.inst.settings_file.read_text())

@@ -125,3 +125,22 @@ def test_image_references_split_as_the_pull_api_takes_them() -> None:
     assert pull_message("localhost:5000/x", "connection refused").startswith(
         "Cannot pull localhost:5000/x: the registry localhost:5000 cannot be reached")
     assert pull_message("x", "something else") == "Cannot pull x: something else"
+
+
+def test_pull_progress_averages_the_layers_and_counts_small_ones_done() -> None:
+    from desktop.tray.docker_service import PullProgress
+
+    p = PullProgress()
+    for m in ({"status": "Pulling from cove/dash", "id": "v1"},
+              {"status": "Pulling fs layer", "id": "a"},
+              {"status": "Pulling fs layer", "id": "b"}):
+        p.update(m)
+    assert (p.percent, p.text) == (0, "2 layers, 0 %")  # the tag is no layer
+    p.update({"status": "Downloading", "id": "a",
+              "progressDetail": {"current": 50, "total": 100}})
+    p.update({"status": "Download complete", "id": "b"})  # small: never said its size
+    assert p.percent == 75
+    p.update({"status": "Pull complete", "id": "a"})
+    p.update({"status": "Digest: sha256:" + "0" * 64})
+    p.update({"status": "Status: Downloaded newer image for cove/dash:v1"})
+    assert p.percent == 100 and p.status == "Status: Downloaded newer image for cove/dash:v1"

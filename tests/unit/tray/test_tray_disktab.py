@@ -78,6 +78,23 @@ def test_reclaim_waits_for_the_trim_to_reach_the_file(tmp_path: Path) -> None:
     assert engine.asked == [{"images": True}]
 
 
+def test_reclaim_asks_for_the_trim_after_the_prune(tmp_path: Path) -> None:
+    disk = tmp_path / "data.qcow2"
+    _fill(disk, 4)
+    order: list[str] = []
+    engine = Engine()
+    real = engine.reclaim
+    engine.reclaim = lambda **t: order.append("prune") or real(**t)  # type: ignore[method-assign]
+
+    def trim() -> None:
+        order.append("trim")
+        _punch(disk, 0)
+
+    freed, before, after = disktab.reclaim(engine, disk, {"images": True},  # type: ignore[arg-type]
+                                           poll=0.01, sleep=lambda s: None, trim=trim)
+    assert order == ["prune", "trim"] and after < before
+
+
 def test_reclaim_that_frees_nothing_does_not_wait(tmp_path: Path) -> None:
     disk = tmp_path / "data.qcow2"
     _fill(disk, 1)
@@ -99,7 +116,7 @@ def env(tmp_path: Path, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> Iterat
 def test_the_disk_tab_shows_the_figures_and_reclaims(env: Env, qtbot: QtBot) -> None:
     disk = env.inst.data_disk
     _fill(disk, 6)
-    env.engine.on_prune = lambda: _punch(disk, 1)
+    env.backend.on_trim = lambda: _punch(disk, 1)  # the guest's fstrim, asked at once
     tab = env.dash.disk_tab
     env.dash.tabs.setCurrentWidget(tab)  # opening it reads the figures
     qtbot.waitUntil(lambda: tab.usage is not None, timeout=5000)
@@ -121,6 +138,7 @@ def test_the_disk_tab_shows_the_figures_and_reclaims(env: Env, qtbot: QtBot) -> 
     assert tab.result.text().startswith("Freed 8.0 MB in the VM; the data disk's file on "
                                         "this computer shrank by 5.")
     assert env.calls("POST", "/containers/prune") == 1
+    assert len(env.backend.ops("trim")) == 1
     assert env.calls("POST", "/build/prune") == 1
     assert env.calls("POST", "/volumes/prune") == 0
     assert [v["Name"] for v in env.engine.volumes] == ["pgdata"]
