@@ -215,10 +215,11 @@ auth:
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registry(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """Debian's docker-registry (the host's binary and the libc it links), as an image
-    built here and run with its port published: the engine in the VM pushes to
+    built here and run with its port published (per module: a running container would
+    keep later modules' VM from resting): the engine in the VM pushes to
     localhost:PORT, which the host reaches through Cove's forward. htpasswd auth, user
     cove / password s3cret-pw."""
     import bcrypt
