@@ -221,16 +221,14 @@ class TrayController(QObject):
         t, self._docker_thread = self._docker_thread, None
         stream, self._docker_stream = self._docker_stream, None
         if stream is not None:
-            try:
-                stream.close()
-            except Exception:  # the stream may be gone already
-                pass
+            _close_quietly(stream)
         if t is not None and t is not threading.current_thread():
             t.join(2)
 
     def _watch_docker(self) -> None:
         me = threading.current_thread()
         while self._docker_thread is me and not self._closing.is_set():
+            stream = None
             try:
                 stream = self.docker.events()
                 self._docker_stream = stream
@@ -247,6 +245,13 @@ class TrayController(QObject):
                 log.debug("docker events: %s", e)
             except Exception as e:  # a closed stream ends here too
                 log.debug("docker events ended: %s", e)
+            finally:
+                # A stream that ended with an error still holds its connection: close
+                # it now rather than leave the socket to the garbage collector.
+                if stream is not None:
+                    if self._docker_stream is stream:
+                        self._docker_stream = None
+                    _close_quietly(stream)
             self._closing.wait(1.0)
 
     def _on_count(self, n: int | None) -> None:
@@ -359,3 +364,10 @@ class TrayController(QObject):
         if self.state.is_up:
             self.worker.submit(self.docker.running_count, self._count,
                                lambda e: None)
+
+
+def _close_quietly(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:  # the stream may be gone already
+        pass

@@ -9,6 +9,7 @@ Errors are `DockerError`, with a message fit for a status bar.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,33 +221,43 @@ class DockerService:
         self.base_url = base_url or "unix://" + str(socket_path)
         self._factory = client_factory or _sdk_client
         self._client: Any = None
+        self._lock = threading.RLock()  # the Dashboard's workers share one client
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            if self.base_url.startswith("unix://") and not self.socket_path.exists():
-                raise DockerError("the Docker engine is not running (start Cove first)")
-            self._client = self._call(lambda: self._factory(self.base_url))
-        return self._client
+        with self._lock:
+            if self._client is None:
+                if self.base_url.startswith("unix://") and not self.socket_path.exists():
+                    raise DockerError("the Docker engine is not running (start Cove first)")
+                self._client = self._call(lambda: self._factory(self.base_url))
+            return self._client
 
     def close(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # closing a broken client is best effort
-                pass
+        with self._lock:
+            client, self._client = self._client, None
+        _close(client)
+
+    def _retire(self, client: Any) -> None:
+        """Drop `client` after a failure so the next call connects afresh, and close
+        it: its pooled sockets would otherwise stay open until the garbage collector
+        finds them. A client another thread has made since is kept."""
+        with self._lock:
+            if client is None or self._client is not client:
+                return
             self._client = None
+        _close(client)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         import docker.errors
         import requests
 
+        used = self._client
         try:
             return fn()
         except docker.errors.APIError as e:
             raise DockerError(str(e.explanation or e)) from e
         except (docker.errors.DockerException, requests.RequestException, OSError) as e:
-            self._client = None  # a fresh connection next time
+            self._retire(used if used is not None else self._client)
             raise DockerError(f"the Docker engine did not answer: {e}") from e
 
     # -- reading -----------------------------------------------------------------------
@@ -464,6 +475,14 @@ class PullProgress:
     def text(self) -> str:
         n = len(self.layers)
         return f"{n} layer{'s' * (n != 1)}, {self.percent} %" if n else self.status
+
+
+def _close(client: Any) -> None:
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # closing a broken client is best effort
+            pass
 
 
 def _sdk_client(base_url: str) -> Any:

@@ -144,3 +144,56 @@ def test_pull_progress_averages_the_layers_and_counts_small_ones_done() -> None:
     p.update({"status": "Digest: sha256:" + "0" * 64})
     p.update({"status": "Status: Downloaded newer image for cove/dash:v1"})
     assert p.percent == 100 and p.status == "Status: Downloaded newer image for cove/dash:v1"
+
+
+class _Client:
+    def __init__(self, fail: bool) -> None:
+        self.fail, self.closed = fail, False
+
+    def ping(self) -> bool:
+        if self.fail:
+            import requests
+            raise requests.ConnectionError("connection reset")
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_client_that_failed_is_closed_and_the_next_call_connects_afresh(
+        tmp_path: Path) -> None:
+    """A connection error drops the client; its pooled sockets are closed then, not
+    left for the garbage collector (a ResourceWarning, and an open socket, each time)."""
+    (tmp_path / "docker.sock").touch()
+    made: list[_Client] = []
+
+    def factory(url: str) -> _Client:
+        made.append(_Client(fail=not made))  # the first fails, the next works
+        return made[-1]
+
+    svc = docker_service.DockerService(tmp_path / "docker.sock", client_factory=factory)
+    with pytest.raises(docker_service.DockerError, match="did not answer"):
+        svc._call(lambda: svc.client.ping())
+    assert made[0].closed
+    assert svc._call(lambda: svc.client.ping()) is True
+    assert len(made) == 2 and not made[1].closed
+    svc.close()
+    assert made[1].closed
+
+
+def test_a_failure_on_an_old_client_keeps_the_one_made_since(tmp_path: Path) -> None:
+    """Two workers share the service: one's late failure on the client it used must
+    not throw away (or close) the fresh client the other has made meanwhile."""
+    (tmp_path / "docker.sock").touch()
+    old, new = _Client(fail=True), _Client(fail=False)
+    svc = docker_service.DockerService(tmp_path / "docker.sock",
+                                       client_factory=lambda url: new)
+    svc._client = old
+
+    def late_failure() -> None:
+        svc._client = new  # another worker retired `old` and connected again
+        old.ping()
+
+    with pytest.raises(docker_service.DockerError):
+        svc._call(late_failure)
+    assert svc._client is new and not new.closed

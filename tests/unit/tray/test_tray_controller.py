@@ -289,3 +289,46 @@ def test_switch_engine_runs_on_the_worker_and_shows_a_refusal(
         assert host.service == "running"
     finally:
         c.close()
+
+
+class _BrokenStream:
+    """An events stream whose connection breaks after one event."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        yield {"Type": "network"}
+        raise ConnectionResetError("the relay dropped the connection")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Docker:
+    def __init__(self) -> None:
+        self.streams: list[_BrokenStream] = []
+
+    def events(self) -> _BrokenStream:
+        self.streams.append(_BrokenStream())
+        return self.streams[-1]
+
+    def running_count(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_events_stream_that_broke_is_closed_before_the_next(qtbot: QtBot,
+                                                                inst: Instance) -> None:
+    """The tray watches the engine's events and opens a new stream when one breaks; the
+    broken one's socket is closed then, not left open until the garbage collector."""
+    docker = _Docker()
+    c = TrayController(inst, spawn=lambda i: None, docker=docker)  # type: ignore[arg-type]
+    try:
+        c._start_docker_watch()
+        qtbot.waitUntil(lambda: len(docker.streams) >= 2, timeout=10000)
+        assert docker.streams[0].closed
+    finally:
+        c.close()
