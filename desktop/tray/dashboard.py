@@ -67,6 +67,7 @@ STATE_FILTERS: dict[str, Callable[[str], bool]] = {
 }
 STATS_INTERVAL_MS = 2000  # how often running containers' CPU and memory are read
 IMAGE_COLUMN_MAX = 220  # px: wider image names are cut, their whole name in the tooltip
+VOLUME_SIZES_SECONDS = 30.0  # the engine walks every volume to size them
 STATE_COLOURS = {"running": "#1f9d6b", "exited": "#8a8f98", "created": "#8a8f98",
                  "paused": "#e8a317", "restarting": "#e8a317", "dead": "#d63a3a"}
 
@@ -258,11 +259,14 @@ class Dashboard(QMainWindow):
         self.tabs.addTab(self._page(ibar, self.image_table), "Images")
 
         # Volumes
-        self.volume_table = _table(["Name", "Driver", "Mount point", "In use by"])
+        self.volume_table = _table(["Name", "Driver", "Mount point", "In use by", "Size"])
+        self.volume_sizes: dict[str, int] = {}  # read while the Volumes tab is shown
+        self._sizes_read = -VOLUME_SIZES_SECONDS
         vbar, self.volume_buttons = _buttons("Delete", "Prune unused")
         self.volume_buttons["Delete"].clicked.connect(self.delete_volume)
         self.volume_buttons["Prune unused"].clicked.connect(self.prune_volumes)
-        self.tabs.addTab(self._page(vbar, self.volume_table), "Volumes")
+        self.volume_page = self._page(vbar, self.volume_table)
+        self.tabs.addTab(self.volume_page, "Volumes")
 
         # Disk: docker system df, the host file, Reclaim space.
         self.disk_tab = DiskTab(lambda: self.docker, controller.inst.data_disk,
@@ -275,9 +279,7 @@ class Dashboard(QMainWindow):
             lambda: self.controller.state, self.worker.submit,
             lambda: self.isVisible() and self.tabs.currentWidget() is self.resources_tab)
         self.tabs.addTab(self.resources_tab, "Resources")
-        self.tabs.currentChanged.connect(
-            lambda i: self.disk_tab.refresh() if self.tabs.widget(i) is self.disk_tab
-            else None)
+        self.tabs.currentChanged.connect(self._tab_shown)
 
         central = QWidget()
         cl = QVBoxLayout(central)
@@ -346,6 +348,36 @@ class Dashboard(QMainWindow):
         d = self.docker
         self.worker.submit(lambda: (d.containers(), d.images(), d.volumes()),
                            lambda r: self.show_rows(*r), self.status)
+        if self.tabs.currentWidget() is self.volume_page:
+            self.read_volume_sizes()
+
+    def _tab_shown(self, i: int) -> None:
+        if self.tabs.widget(i) is self.disk_tab:
+            self.disk_tab.refresh()
+        elif self.tabs.widget(i) is self.volume_page:
+            self.read_volume_sizes(at_once=True)
+
+    def read_volume_sizes(self, at_once: bool = False) -> None:
+        """Ask the engine what each volume takes (it walks their files: at most once per
+        VOLUME_SIZES_SECONDS from refreshes, at once when the tab is opened)."""
+        now = time.monotonic()
+        if not self.controller.state.is_up or (
+                not at_once and now - self._sizes_read < VOLUME_SIZES_SECONDS):
+            return
+        self._sizes_read = now
+        self.worker.submit(self.docker.volume_sizes, self._show_volume_sizes, self.status)
+
+    def _show_volume_sizes(self, sizes: dict[str, int]) -> None:
+        self.volume_sizes = sizes
+        vt = self.volume_table
+        for i, v in enumerate(self.volumes[:vt.rowCount()]):
+            vt.setItem(i, 4, self._size_item(v.name))
+
+    def _size_item(self, name: str) -> QTableWidgetItem:
+        size = self.volume_sizes.get(name)
+        item = QTableWidgetItem("-" if size is None else human_size(size))
+        item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return item
 
     def show_rows(self, containers: list[ContainerRow], images: list[ImageRow],
                   volumes: list[VolumeRow]) -> None:
@@ -413,6 +445,7 @@ class Dashboard(QMainWindow):
             vt.setItem(i, 1, QTableWidgetItem(v.driver))
             vt.setItem(i, 2, QTableWidgetItem(v.mountpoint))
             vt.setItem(i, 3, QTableWidgetItem(", ".join(volume_users.get(v.name, []))))
+            vt.setItem(i, 4, self._size_item(v.name))
         self.tabs.setEnabled(self.controller.state.is_up or bool(containers))
         self._update_buttons()
         if (self.selected_container() or None) is None and self.log_container:

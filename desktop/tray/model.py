@@ -56,6 +56,8 @@ class TrayState:
     saver_minutes: float | None = None
     shares: list[str] = field(default_factory=list)  # host folders the VM mounts now
     disk_bytes: int = 0  # the data disk's size (the setting), 0 until known
+    cpus: int = 0  # what the VM was given (0 until known)
+    memory_bytes: int = 0
     qemu_pid: int | None = None  # the VM's process (None under Hyper-V, or not running)
 
     @property
@@ -157,6 +159,8 @@ def apply_status(st: TrayState, status: dict[str, Any]) -> None:
     st.accel_notes = [str(n) for n in status.get("accel_notes") or []]
     st.context = str(status.get("context") or "")
     st.disk_bytes = int(status.get("disk") or 0)
+    st.cpus = int(status.get("cpus") or 0)
+    st.memory_bytes = int(status.get("memory") or 0)
     st.qemu_pid = int(status["qemu_pid"]) if status.get("qemu_pid") else None
     st.shares = [str(sh.get("path", "")) for sh in status.get("shares") or []
                  if isinstance(sh, dict) and sh.get("path") and not sh.get("error")]
@@ -236,6 +240,8 @@ def tooltip(st: TrayState) -> str:
     lines = [status_line(st)]
     if st.engine_version and st.is_up:
         lines.append(f"Docker engine {st.engine_version}")
+    if (st.is_up or st.state == "resting") and st.cpus and st.memory_bytes:
+        lines.append(resources_line(st))
     for key, reason in sorted(st.failed_ports.items()):
         lines.append(f"port {key}: {reason}" if reason else f"port {key} is not published")
     if st.disk_note:
@@ -245,6 +251,18 @@ def tooltip(st: TrayState) -> str:
     if st.engine_mode == "windows":
         lines.append("docker uses Windows containers (native dockerd.exe)")
     return "\n".join(lines)
+
+
+def resources_line(st: TrayState) -> str:
+    """What the VM was given, as the tooltip's one line: "2 CPUs, 2 GiB of memory, a
+    64 GiB disk"; resting said when Resource Saver has paused it."""
+    gib = st.memory_bytes / 2**30
+    memory = f"{gib:.0f} GiB" if gib >= 1 and gib == int(gib) else \
+        f"{st.memory_bytes // 2**20} MiB"
+    cpus = f"{st.cpus} CPU" + ("s" if st.cpus != 1 else "")
+    disk = f", a {st.disk_bytes // 2**30} GiB disk" if st.disk_bytes else ""
+    rest = " (resting: paused until used)" if st.state == "resting" else ""
+    return f"VM: {cpus}, {memory} of memory{disk}{rest}"
 
 
 @dataclass(frozen=True)

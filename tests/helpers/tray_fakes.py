@@ -253,6 +253,8 @@ class FakeDockerAPI:
         self.volumes = [{"Name": "pgdata", "Driver": "local",
                          "Mountpoint": "/var/lib/docker/volumes/pgdata/_data"}]
         self.calls: list[tuple[str, str]] = []
+        self.df_types: list[str] = []  # each /system/df's ?type= ("" for all)
+        self.volume_sizes: dict[str, int] = {}  # what df says a volume takes (5 MB)
         self.stats_reads: dict[str, int] = {}
         self.pulls: list[str] = []
         self.created: list[tuple[str, dict[str, Any]]] = []
@@ -419,6 +421,12 @@ class FakeDockerAPI:
         """GET /system/df: the images listed (nginx used by web), 2 MB of writable layers
         (1 MB of it stopped), the volumes (pgdata: 5 MB, mounted by db), 3 MB of build
         cache (1 MB in use)."""
+        self.df_types.append(",".join(q.get("type", [])))
+        volumes = [{"Name": v["Name"], "UsageData": {
+            "Size": self.volume_sizes.get(v["Name"], 5_000_000), "RefCount": 1}}
+            for v in self.volumes]
+        if q.get("type") == ["volume"]:  # as the engine: only what was asked for
+            return self._json(h, {"Volumes": volumes})
         used = {c.get("ImageID") for c in self.containers}
         self._json(h, {
             "LayersSize": sum(i["Size"] for i in self.images),
@@ -426,8 +434,7 @@ class FakeDockerAPI:
                        for i in self.images],
             "Containers": [{"Id": c["Id"], "State": c["State"], "SizeRw": 1_000_000}
                            for c in self.containers[:2]],
-            "Volumes": [{"Name": v["Name"], "UsageData": {"Size": 5_000_000, "RefCount": 1}}
-                        for v in self.volumes],
+            "Volumes": volumes,
             "BuildCache": [{"ID": "b1", "Size": 2_000_000, "InUse": False},
                            {"ID": "b2", "Size": 1_000_000, "InUse": True}]})
 

@@ -197,6 +197,11 @@ def test_reclaim_space_gives_the_hosts_disk_back(cove: Cove, hello_image: str,
     cove.docker("run", "--rm", "-v", f"{volume}:/v", hello_image, "sh", "-c",
                 "dd if=/dev/urandom of=/v/big bs=1M count=400 2>/dev/null && sync",
                 timeout=300)
+    # The Volumes tab sizes it (the engine's own walk of the volume, ?type=volume).
+    dash.refresh()
+    qtbot.waitUntil(lambda: volume in [v.name for v in dash.volumes], timeout=30000)
+    dash.tabs.setCurrentWidget(dash.volume_page)
+    qtbot.waitUntil(lambda: dash.volume_sizes.get(volume, 0) >= 400 * 2**20, timeout=60000)
     tab = dash.disk_tab
     dash.tabs.setCurrentWidget(tab)
     qtbot.waitUntil(lambda: tab.usage is not None, timeout=60000)

@@ -491,3 +491,29 @@ def test_docker_service_on_a_missing_unix_socket_says_start_cove(tmp_path: Path)
     svc = DockerService(tmp_path / "absent.sock", client_factory=lambda url: object())
     with pytest.raises(DockerError, match="start Cove first"):
         svc.client  # noqa: B018 - the property connects
+
+
+def test_volume_sizes_are_read_when_the_tab_is_shown_not_at_each_refresh(env: Env) -> None:
+    """The engine walks every volume's files to size it: the Dashboard asks for volumes
+    alone (?type=volume) when the Volumes tab opens, and refreshes while it stays open ask
+    again at most every VOLUME_SIZES_SECONDS. A size the engine did not compute is "-"."""
+    d, vt = env.dash, env.dash.volume_table
+    assert vt.horizontalHeaderItem(4).text() == "Size"
+    assert vt.item(0, 4).text() == "-" and env.engine.df_types == []  # not asked yet
+    env.engine.volumes.append({"Name": "cache", "Driver": "local", "Mountpoint": "/m"})
+    env.engine.volume_sizes.update(pgdata=123_000_000, cache=-1)
+    d.tabs.setCurrentWidget(d.volume_page)
+    d.refresh()
+    env.qtbot.waitUntil(lambda: vt.rowCount() == 2 and vt.item(1, 4).text() == "123.0 MB",
+                        timeout=5000)
+    assert [vt.item(i, 0).text() for i in range(2)] == ["cache", "pgdata"]
+    assert vt.item(0, 4).text() == "-"
+    assert env.engine.df_types == ["volume"]
+    for _ in range(3):
+        d.refresh()
+    env.qtbot.wait(300)
+    assert env.engine.df_types == ["volume"]  # within the interval: the sizes shown stay
+    assert vt.item(1, 4).text() == "123.0 MB"
+    d.tabs.setCurrentIndex(0)
+    d.tabs.setCurrentWidget(d.volume_page)  # opened again: read at once
+    env.qtbot.waitUntil(lambda: env.engine.df_types == ["volume"] * 2, timeout=5000)

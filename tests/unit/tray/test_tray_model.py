@@ -224,3 +224,16 @@ def test_the_status_bar_names_engine_accelerator_context_and_saver() -> None:
                                      "accelerator kvm")
     model.apply_status(st, {"state": "stopped"})  # an older backend, or stopped: no fields
     assert model.status_bar(st) == ("", "")
+
+
+def test_tooltip_says_what_the_vm_was_given_and_when_it_rests() -> None:
+    st = model.TrayState()
+    model.apply_status(st, {"state": "running", "engine_version": "26.1.5", "cpus": 2,
+                            "memory": 2 * 2**30, "disk": 64 * 2**30})
+    st.containers = 0
+    assert model.tooltip(st).splitlines()[2] == "VM: 2 CPUs, 2 GiB of memory, a 64 GiB disk"
+    st.state, st.memory_bytes, st.cpus = "resting", 1536 * 2**20, 1
+    assert "VM: 1 CPU, 1536 MiB of memory, a 64 GiB disk (resting: paused until used)" \
+        in model.tooltip(st)
+    st.state = "stopped"
+    assert "VM:" not in model.tooltip(st)  # nothing is given while nothing runs
