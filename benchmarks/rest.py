@@ -3,6 +3,8 @@
 Per run, on one instance with no container running:
 * QEMU's CPU over `WINDOW` seconds awake (the saver off), then resting (its vCPUs
   paused after `IDLE_MINUTES`), as % of one core;
+* QEMU's resident memory on the host awake (after the same window), then resting: the
+  guest dropped its clean page cache and free page reporting handed it back first;
 * `docker ps` on the resting VM (the wake included) against `docker ps` on the VM
   awake, in the same run.
 """
@@ -13,7 +15,7 @@ import json
 import subprocess
 import time
 
-from benchmarks.common import BenchVM, Figure, cpu_seconds
+from benchmarks.common import BenchVM, Figure, cpu_seconds, rss_mib
 
 IDLE_MINUTES = 0.1
 WINDOW = 10.0
@@ -45,6 +47,7 @@ def _rest(vm: BenchVM) -> None:
 
 def run(runs: int) -> tuple[list[Figure], str]:
     awake_cpu, rest_cpu, wake_ms, awake_ms = [], [], [], []
+    awake_rss, rest_rss = [], []
     with BenchVM() as vm:
         st = vm.start("--resource-saver", "0")
         qemu = st["qemu_pid"]
@@ -53,14 +56,18 @@ def run(runs: int) -> tuple[list[Figure], str]:
             _docker_ps(vm)
             awake_ms.append(_docker_ps(vm))
             awake_cpu.append(_cpu(qemu))
+            awake_rss.append(rss_mib(qemu))
             vm.cli("start", "--no-activate", "--resource-saver", str(IDLE_MINUTES))
             _rest(vm)
             rest_cpu.append(_cpu(qemu))
+            rest_rss.append(rss_mib(qemu))
             wake_ms.append(_docker_ps(vm))
         vm.cli("start", "--no-activate", "--resource-saver", "0")
     return [
         Figure("resting: QEMU CPU with the VM idle", "% core", rest_cpu,
                "awake, idle (no container)", awake_cpu, target="at most 0.5 % of a core"),
+        Figure("resting: QEMU resident memory", "MiB", rest_rss,
+               "awake, idle, before it rested", awake_rss),
         Figure("wake: docker ps on a resting VM", "ms", wake_ms,
                "docker ps on the VM awake", awake_ms, target="at most 1 s over awake"),
     ], st["accel"]

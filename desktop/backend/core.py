@@ -90,7 +90,8 @@ class Backend:
         self.health = EngineHealth(self._ping_engine, self._on_health)
         self.saver = ResourceSaver(self._pause_vm, self._resume_vm, self._running_containers,
                                    self._rested, self._woke,
-                                   minutes=self.settings.resource_saver_minutes)
+                                   minutes=self.settings.resource_saver_minutes,
+                                   prepare=self._release_guest_memory)
         self.saver.enable(False)  # until the engine runs
         self.health.paused = lambda: self.saver.resting
         # Why the state is degraded ("engine", "link" or "health"): each cause clears
@@ -405,6 +406,21 @@ class Backend:
     def _pause_vm(self) -> None:
         assert self.driver is not None
         self.driver.pause()
+
+    def _release_guest_memory(self) -> None:
+        """The guest's page cache back to the host before it rests (best effort: an older
+        agent, or one that does not answer, rests as it is)."""
+        channel = self.channel
+        if channel is None or not channel.connected.is_set():
+            return
+        try:
+            got = channel.request("release_memory", timeout=30)
+            if isinstance(got, dict):
+                log.info("the guest freed %d MiB before resting",
+                         max(0, int(got.get("free_after", 0)) - int(got.get("free_before", 0)))
+                         >> 20)
+        except (AgentError, LinkError, OSError) as e:
+            log.info("the guest did not release memory before resting: %s", e)
 
     def _resume_vm(self) -> None:
         assert self.driver is not None

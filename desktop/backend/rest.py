@@ -3,7 +3,10 @@
 Idle means, for `resource_saver_minutes` in a row: no container running, no engine
 API request being answered (see `Connection`), no connection open to a published port,
 none opened, and no control request that needs the guest. Then the guest's vCPUs are
-paused (QMP `stop`, Hyper-V's Suspend-VM): the host spends nothing on it but its memory.
+paused (QMP `stop`, Hyper-V's Suspend-VM): the host spends nothing on it but its memory,
+and of that less: just before the pause the guest drops its clean page cache and compacts
+what is free (the agent's `release_memory`), and free page reporting hands those pages to
+the host, whose QEMU discards them.
 The first use wakes it before it is served, never refused: a connection to the engine
 socket or to a published port, a control request that needs the guest (`wake`,
 `cove shell`, logs, stop). The clock is
@@ -95,8 +98,9 @@ class ResourceSaver:
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
                  running_containers: Callable[[], int | None],
                  on_rest: Callable[[float], None], on_wake: Callable[[float, str], None],
-                 minutes: float = 0) -> None:
+                 minutes: float = 0, prepare: Callable[[], None] = lambda: None) -> None:
         self._pause, self._resume = pause, resume
+        self._prepare = prepare  # before the pause: the guest gives its free memory back
         self._running_containers = running_containers
         self._on_rest, self._on_wake = on_rest, on_wake
         self.minutes = minutes
@@ -193,6 +197,9 @@ class ResourceSaver:
             if running:
                 self.touch()  # a running container is a use; asked again after the idle time
             return False
+        # Outside the lock (it takes seconds): a use meanwhile wakes nothing, and the checks
+        # below then find it and the VM stays awake.
+        self._prepare()
         with self._lock:
             now = time.monotonic()
             if self._open or now - self._last_use < idle_for or self.resting or \

@@ -290,10 +290,14 @@ class FakeController:
         return {"ok": True, "result": {"trimmed": "/mnt/data: 0 B (0 bytes) trimmed",
                                        "free": 1 << 30}}
 
+    def _release_memory(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "result": {"free_before": 1 << 30, "free_after": 3 << 29}}
+
     _OPS: dict[str, Callable[[FakeController, dict[str, Any]], dict[str, Any]]] = {
         "hello": _hello, "status": _status, "ping": _ping, "set_time": _set_time,
         "shutdown": _shutdown, "logs": _logs, "engine_config": _engine_config,
         "ports": _ports, "touch": _touch, "mount_share": _mount, "trim": _trim,
+        "release_memory": _release_memory,
     }
 
 

@@ -13,7 +13,7 @@ from guest_engine import agent, boot, protocol, server
 
 # What the host asks (desktop/backend.py, desktop/link.py; docs/protocol.md).
 HOST_OPS = {"hello", "status", "ping", "set_time", "engine_config", "logs", "ports", "touch",
-            "mount_share", "shutdown", "trim"}
+            "mount_share", "shutdown", "trim", "release_memory"}
 
 
 @pytest.fixture
@@ -133,3 +133,33 @@ def test_concurrent_pushes_never_step_the_clock_back(
     for t in threads:
         t.join()
     assert clock.sets == sorted(clock.sets), "the clock stepped back"
+
+
+def test_release_memory_drops_the_clean_cache_and_compacts_then_waits_for_reporting(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's files, as the agent writes them: drop_caches "1" (the page cache
+    alone) and compact_memory; then the reporting delay passes before it answers."""
+    for name in ("drop_caches", "compact_memory"):
+        (tmp_path / name).write_text("")
+    free = iter([100 << 20, 900 << 20])
+    monkeypatch.setattr(agent, "_meminfo", lambda: {"MemFree": next(free)})
+    slept: list[float] = []
+    got = agent.release_memory(str(tmp_path), settle=3.0, sleep=slept.append)
+    assert (tmp_path / "drop_caches").read_text() == "1"
+    assert (tmp_path / "compact_memory").read_text() == "1"
+    assert slept == [3.0]
+    assert got == {"free_before": 100 << 20, "free_after": 900 << 20}
+
+
+def test_release_memory_without_compaction_still_drops_the_cache(tmp_path: Any) -> None:
+    (tmp_path / "drop_caches").write_text("")
+    (tmp_path / "compact_memory").mkdir()  # not writable as a file: CONFIG_COMPACTION off
+    got = agent.release_memory(str(tmp_path), settle=0, sleep=lambda s: None)
+    assert (tmp_path / "drop_caches").read_text() == "1"
+    assert set(got) == {"free_before", "free_after"}
+
+
+def test_the_release_memory_op_answers_with_the_figures(ag: agent.Agent,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "release_memory", lambda: {"free_before": 1, "free_after": 2})
+    assert ag.ops["release_memory"]({}) == {"free_before": 1, "free_after": 2}

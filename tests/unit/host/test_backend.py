@@ -1355,6 +1355,7 @@ def _resting(make_cove: Callable[..., Cove]) -> Cove:
     ev = c.wait_event("resting")
     assert ev["idle_minutes"] == REST_MINUTES
     assert c.driver.paused and c.driver.paused_calls == 1
+    assert len(c.agent_ops("release_memory")) == 1  # the guest's cache back first
     return c
 
 
