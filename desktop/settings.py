@@ -70,7 +70,7 @@ def default_shares() -> list[Any]:
     home = Path.home()
     out = [str(home)] if home.is_dir() else []
     tmp = os.path.normpath(tempfile.gettempdir())
-    if os.path.isdir(tmp) and not any(_under(tmp, p) or _under(p, tmp) for p in out):
+    if os.path.isdir(tmp) and not any(path_under(tmp, p) or path_under(p, tmp) for p in out):
         try:
             parse_shares([tmp])  # e.g. TMPDIR=/var/tmp/x is fine, TMPDIR=/run/user/1000 not
         except SettingsError:
@@ -79,7 +79,8 @@ def default_shares() -> list[Any]:
     return out
 
 
-def _under(path: str, root: str) -> bool:
+def path_under(path: str, root: str) -> bool:
+    """`path` is `root` or inside it (both normalized): "/home/meadow" is not in "/home/me"."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -131,12 +132,12 @@ def _check_posix_share(path: str, others: list[str]) -> None:
         raise SettingsError("shares: / would share the whole computer and hide the VM's "
                             "own files; share the folders you work in, e.g. your home")
     for r in VM_RESERVED:
-        if _under(path, r) or _under(r, path):
+        if path_under(path, r) or path_under(r, path):
             raise SettingsError(f"shares: {path} overlaps the VM's own {r}; share a "
                                 "folder outside it (e.g. under your home)")
     for other in others:
-        if _under(path, other) or _under(other, path):
-            inner, outer = (path, other) if _under(path, other) else (other, path)
+        if path_under(path, other) or path_under(other, path):
+            inner, outer = (path, other) if path_under(path, other) else (other, path)
             raise SettingsError(f"shares: {inner} is inside {outer}, which is shared "
                                 "too; keep only one of them")
 

@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.settings import path_under
+
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 
 
@@ -58,10 +60,6 @@ class RunSpec:
         if self.command:
             kw["command"] = list(self.command)
         return kw
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def parse_ports(text: str) -> dict[str, int | tuple[str, int]]:
@@ -100,7 +98,7 @@ def parse_binds(text: str, shares: list[str]) -> dict[str, dict[str, str]]:
         host = os.path.normpath(os.path.expanduser(parts[0]))
         if not os.path.isabs(host):
             raise RunFormError(f"Folders: {parts[0]!r} is not a full path on this computer")
-        if not any(_inside(host, s) for s in shares):
+        if not any(path_under(host, s) for s in shares):
             where = ", ".join(shares) or "none"
             raise RunFormError(
                 f"Folders: {host} is not in a folder Cove shares with the VM (shared: "
