@@ -74,6 +74,33 @@ def parse_daemon_json(text: str) -> Any:
         raise SettingsError(f"engine_config: daemon.json is not valid JSON ({e})") from None
 
 
+# The engine's containerd image store (daemon.json `features`): one tag for several
+# architectures (`docker buildx build --platform a,b`). Images kept in the other store
+# stay on the data disk but are not listed while this one is in use.
+STORE_FEATURE = "containerd-snapshotter"
+
+
+def uses_containerd_store(config: Any) -> bool:
+    features = config.get("features") if isinstance(config, dict) else None
+    return isinstance(features, dict) and features.get(STORE_FEATURE) is True
+
+
+def with_containerd_store(config: dict[str, Any], on: bool) -> dict[str, Any]:
+    """`config` with the store turned on or off; other features and keys kept."""
+    out = dict(config)
+    features = dict(out.get("features") or {}) if isinstance(out.get("features"), dict) \
+        else {}
+    if on:
+        features[STORE_FEATURE] = True
+    else:
+        features.pop(STORE_FEATURE, None)
+    if features:
+        out["features"] = features
+    else:
+        out.pop("features", None)
+    return out
+
+
 def settings_from_form(old: Settings, form: Form, disk_exists: bool) -> Settings:
     """The settings the form asks for, validated; SettingsError names the bad field."""
     new = Settings(**old.to_json())
@@ -173,6 +200,14 @@ class SettingsDialog(QDialog):
                                       if self.old.engine_config else "{}")
         self.daemon_json.setMinimumHeight(110)
         form.addRow("Engine (daemon.json)", self.daemon_json)
+        self.image_store = QCheckBox("Use the containerd image store (images for several "
+                                     "architectures under one tag)")
+        self.image_store.setToolTip(
+            "Sets features.containerd-snapshotter in daemon.json. Images kept in the other "
+            "store stay on the disk but are not listed until you switch back.")
+        self.image_store.setChecked(uses_containerd_store(self.old.engine_config))
+        self.image_store.toggled.connect(self._store_toggled)
+        form.addRow("", self.image_store)
 
         self.login = QCheckBox("Start Cove when I log in")
         self.login.setChecked(self.autostart.is_enabled())
@@ -198,6 +233,7 @@ class SettingsDialog(QDialog):
             w.valueChanged.connect(self._update_hint)
         self.memory.valueChanged.connect(self._update_hint)
         self.expose_all.toggled.connect(self._update_hint)
+        self.daemon_json.textChanged.connect(self._sync_store_box)
         self.daemon_json.textChanged.connect(self._update_hint)
         self._update_hint()
 
@@ -228,6 +264,33 @@ class SettingsDialog(QDialog):
             del self._share_entries[row]
             self._update_hint()
 
+    def _store_toggled(self, on: bool) -> None:
+        """The box edits the daemon.json text (the one place the config is kept); text
+        that is not a JSON object is left for the user to mend, and the box goes back."""
+        try:
+            config = parse_daemon_json(self.daemon_json.toPlainText())
+        except SettingsError:
+            config = None
+        if not isinstance(config, dict):
+            self.image_store.blockSignals(True)
+            self.image_store.setChecked(not on)
+            self.image_store.blockSignals(False)
+            self.error.setText("engine_config: mend daemon.json first (it must be a JSON "
+                               "object) to change the image store")
+            return
+        if uses_containerd_store(config) != on:
+            self.daemon_json.setPlainText(json.dumps(with_containerd_store(config, on),
+                                                     indent=2))
+
+    def _sync_store_box(self) -> None:
+        try:
+            config = parse_daemon_json(self.daemon_json.toPlainText())
+        except SettingsError:
+            return
+        self.image_store.blockSignals(True)
+        self.image_store.setChecked(uses_containerd_store(config))
+        self.image_store.blockSignals(False)
+
     def _validated(self) -> Settings:
         return settings_from_form(self.old, self.form(), self.inst.data_disk.exists())
 
@@ -250,6 +313,10 @@ class SettingsDialog(QDialog):
         if engine:
             notes.append("The engine restarts with the new daemon.json" if up else
                          "daemon.json is applied at the next start")
+        if uses_containerd_store(self.old.engine_config) != \
+                uses_containerd_store(new.engine_config):
+            notes.append("Images in the store you leave are not listed after the switch "
+                         "(they stay on the disk): pull or build them again")
         self.hint.setText(". ".join(notes) + ("." if notes else ""))
 
     # -- applying --------------------------------------------------------------------

@@ -195,3 +195,29 @@ def test_daemon_json_goes_through_the_engine(qtbot: QtBot, running: Env) -> None
     assert running.backend.ops("engine_config")[-1]["config"] == {"log-level": "debug"}
     assert running.inst.load_settings().engine_config == {"log-level": "debug"}
     assert running.questions == []  # daemon.json needs no VM restart
+
+
+def test_the_image_store_box_edits_daemon_json_and_follows_it(stopped: Env) -> None:
+    """The containerd image store is one daemon.json key: the box sets and clears it,
+    keeping every other key and feature; the text, edited by hand, moves the box; and
+    the hint says what the switch hides."""
+    d = stopped.dialog
+    assert not d.image_store.isChecked()
+    d.daemon_json.setPlainText('{"debug": true, "features": {"buildkit": true}}')
+    d.image_store.setChecked(True)
+    assert json.loads(d.daemon_json.toPlainText()) == {
+        "debug": True, "features": {"buildkit": True, "containerd-snapshotter": True}}
+    assert "Images in the store you leave are not listed" in d.hint.text()
+    d.image_store.setChecked(False)
+    assert json.loads(d.daemon_json.toPlainText()) == {"debug": True,
+                                                        "features": {"buildkit": True}}
+    d.daemon_json.setPlainText('{"features": {"containerd-snapshotter": true}}')
+    assert d.image_store.isChecked()
+    d.daemon_json.setPlainText('{"features": ')  # broken text is never rewritten
+    d.image_store.setChecked(False)
+    assert d.daemon_json.toPlainText() == '{"features": '
+    assert d.image_store.isChecked() and "mend daemon.json first" in d.error.text()
+    d.daemon_json.setPlainText('{"features": {"containerd-snapshotter": true}}')
+    d.apply()
+    assert stopped.inst.load_settings().engine_config == {
+        "features": {"containerd-snapshotter": True}}
