@@ -193,9 +193,11 @@ def activates(inst: Instance) -> bool:
 
 
 def engine_info(inst: Instance) -> dict[str, Any]:
-    """The engine's /info, through the instance's forwarded socket."""
-    info: dict[str, Any] = dockerapi.get_json("/info", path=str(inst.docker_socket),
-                                              timeout=30)
+    """The engine's /info, through the instance's engine endpoint: docker.sock, or on
+    Windows Cove's named pipe (there is no socket file there, nor AF_UNIX in Python)."""
+    url = endpoints.docker_host(inst)
+    info: dict[str, Any] = dockerapi.get_json(
+        "/info", timeout=30, connect=lambda timeout: endpoints.connect_url(url, timeout))
     return info
 
 

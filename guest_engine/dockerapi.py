@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: boot time under emulation
@@ -89,8 +89,12 @@ def _body(f: Any, headers: dict[str, str]) -> bytes:
 
 
 def request(method: str, url: str, body: Any = None, path: str = DOCKER_SOCK,
-            timeout: float = 10) -> tuple[int, bytes]:
-    s = _connect(path, timeout)
+            timeout: float = 10,
+            connect: Callable[[float], Any] | None = None) -> tuple[int, bytes]:
+    """One request; `connect(timeout)` gives the connection (any stream with sendall,
+    makefile("rb") and close: the host's named pipe on Windows), else the unix socket
+    at `path`."""
+    s = connect(timeout) if connect is not None else _connect(path, timeout)
     try:
         _send(s, method, url, json.dumps(body).encode() if body is not None else None)
         f = s.makefile("rb")
@@ -100,8 +104,9 @@ def request(method: str, url: str, body: Any = None, path: str = DOCKER_SOCK,
         s.close()
 
 
-def get_json(url: str, path: str = DOCKER_SOCK, timeout: float = 10) -> Any:
-    status, data = request("GET", url, path=path, timeout=timeout)
+def get_json(url: str, path: str = DOCKER_SOCK, timeout: float = 10,
+             connect: Callable[[float], Any] | None = None) -> Any:
+    status, data = request("GET", url, path=path, timeout=timeout, connect=connect)
     if status != 200:
         raise HTTPError(f"GET {url}: HTTP {status}: {data[:200]!r}")
     return json.loads(data)

@@ -210,7 +210,13 @@ class Backend:
         try:
             control = ControlServer(self._control_ops(), self.events.subscribe,
                                     (ControlError, LinkError, ValueError))
-            self.serve(endpoints.listen_control(inst), control.handle, "control")
+            try:
+                listener = endpoints.listen_control(inst)
+            except OSError as e:  # Windows: another program holds the control pipe
+                self.set_state(State.ERROR,
+                               reason=f"Cove's control endpoint could not be opened: {e}")
+                return 1
+            self.serve(listener, control.handle, "control")
             for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
                 if sig is not None:  # Windows has no SIGHUP
                     signal.signal(sig, lambda *_: self.request_stop("signal"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def private_folder(path: Path) -> None:
     inherits its drive's ACL, which lets every local user in: the folder gets a
     protected DACL for the user, SYSTEM and Administrators (`_private_folder_windows`).
     """
-    if os.name == "nt":
+    if sys.platform == "win32":  # as `acl.make_private` decides: one test for Windows
         _private_folder_windows(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)

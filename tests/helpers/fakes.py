@@ -74,6 +74,8 @@ class FakeEngine:
         self.connections = 0
         self.wedged = False  # True: requests are read and never answered
         self.running = 0  # containers GET /containers/json lists
+        self.info = {"ServerVersion": ENGINE_VERSION, "OSType": "linux",
+                     "Architecture": "x86_64"}  # what GET /info answers
         self.keep_alive = False  # True: HTTP/1.1 GETs are answered on a kept-alive connection
         self.vm_paused: Any = lambda: False  # a request that arrives while True is noted
         self.while_paused: list[bytes] = []
@@ -117,10 +119,7 @@ class FakeEngine:
                     self.received.append(data)
                     if self.vm_paused():
                         self.while_paused.append(data)
-                    if data.startswith(b"GET /containers/json"):
-                        body = json.dumps([{"Id": f"c{i}"} for i in range(self.running)])
-                        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                                     b"\r\n" + body.encode())
+                    if self._json_reply(conn, data):
                         return
                     if self.wedged:  # a stopped (or deadlocked) engine: no answer, and
                         # the connection held until it is not wedged any more (or 30 s)
@@ -140,6 +139,20 @@ class FakeEngine:
                 conn.sendall(ECHO_TRAILER)
             except OSError:
                 pass
+
+    def _json_reply(self, conn: socket.socket, data: bytes) -> bool:
+        """GET /info and GET /containers/json are answered with JSON; True if done."""
+        if data.split(b" ", 2)[1].endswith(b"/info"):
+            body = json.dumps(self.info).encode()
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            return True
+        if data.startswith(b"GET /containers/json"):
+            listed = json.dumps([{"Id": f"c{i}"} for i in range(self.running)])
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                         b"\r\n" + listed.encode())
+            return True
+        return False
 
     def _keep_alive(self, conn: socket.socket, data: bytes) -> None:
         """HTTP/1.1 answers on one connection, one request head after another."""
@@ -335,14 +348,15 @@ class FakeAgent:
 
     def __init__(self, token: str, engine_sock: Path, *, never_ready: bool = False,
                  ignore_shutdown: bool = False, on_shutdown: Any = None,
-                 engine_error: str = "") -> None:
+                 engine_error: str = "", port: int = 0) -> None:
         self.token = token
         self.never_ready = never_ready
         self.engine_error = engine_error
         self.ignore_shutdown = ignore_shutdown
         self.on_shutdown = on_shutdown or (lambda: None)
         self.controller = FakeController(self)
-        self.server = _TrackingLinkServer(token, self.controller, port=0, host="127.0.0.1",
+        # `port`: where the host reaches it (a hypervisor's forward listens there).
+        self.server = _TrackingLinkServer(token, self.controller, port=port, host="127.0.0.1",
                                           docker_sock=str(engine_sock))
         self.port = self.server.start()
 

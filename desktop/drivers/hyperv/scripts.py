@@ -230,7 +230,9 @@ def parse_probe(r: dict[str, Any] | None) -> tuple[bool, str]:
     if not r or not r.get("module"):
         return False, ("the Hyper-V PowerShell module is not installed; enable Hyper-V in an "
                        "elevated PowerShell (Enable-WindowsOptionalFeature -Online "
-                       "-FeatureName Microsoft-Hyper-V-All) and restart Windows")
+                       "-FeatureName Microsoft-Hyper-V-All) and restart Windows. Windows "
+                       "Home has no Hyper-V: there Cove uses QEMU with the Windows "
+                       "Hypervisor Platform")
     if r.get("vmms") != "Running":
         return False, ("the Hyper-V Virtual Machine Management service (vmms) is "
                        f"{str(r.get('vmms') or 'missing').lower()}; start it in an elevated "

@@ -100,4 +100,17 @@ def _trial_boot(spec: VMSpec, qemu: str, accel: str, os_name: str,
         log.info("%s boots a guest (%.1f s)", accel, time.monotonic() - t0)
         return True, ""
     err = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
-    return False, "QEMU failed: " + (err[0] if err else f"exit status {proc.returncode}")
+    return False, ("QEMU failed: " + (err[0] if err else f"exit status {proc.returncode}")
+                   + ACCEL_FIXES.get(accel, ""))
+
+
+# How to make each hardware accelerator usable, for the note a fallback to TCG leaves.
+ACCEL_FIXES = {
+    "whpx": ("; enable the Windows Hypervisor Platform (elevated PowerShell: "
+             "Enable-WindowsOptionalFeature -Online -FeatureName HypervisorPlatform), "
+             f"restart Windows, and delete {home.ACCEL_CACHE} in COVE_HOME to try again"),
+    "hvf": ("; macOS refused QEMU the Hypervisor framework: use Homebrew's QEMU (signed "
+            "with the com.apple.security.hypervisor entitlement) on a Mac or VM that "
+            f"allows virtualization, and delete {home.ACCEL_CACHE} in COVE_HOME to try "
+            "again"),
+}

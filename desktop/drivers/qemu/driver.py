@@ -60,6 +60,18 @@ def qmp_pipe(spec: VMSpec) -> str:
     return endpoints.windows_pipe(spec.name, "qmp")
 
 
+def install_hint(os_name: str, arch: str) -> str:
+    """How to install QEMU on `os_name`, for a message naming the missing program."""
+    if os_name == "darwin":
+        return "install it with Homebrew (brew install qemu), then start Cove again"
+    if os_name == "windows":
+        return ("install QEMU (winget install SoftwareFreedomConservancy.QEMU, or "
+                "https://qemu.weilnetz.de/w64/) into %ProgramFiles%\\qemu or a folder "
+                "on PATH, then start Cove again")
+    pkg = {"amd64": "qemu-system-x86", "arm64": "qemu-system-arm"}[arch]
+    return f"install it (Debian: apt-get install {pkg})"
+
+
 class QemuDriver:
     name = "qemu"
 
@@ -110,8 +122,7 @@ class QemuDriver:
 
     def available(self) -> tuple[bool, str]:
         if shutil.which(self.qemu) is None:
-            pkg = {"amd64": "qemu-system-x86", "arm64": "qemu-system-arm"}[self.arch]
-            return False, f"{self.qemu} not found; install it (Debian: apt-get install {pkg})"
+            return False, f"{self.qemu} not found; {install_hint(self.os_name, self.arch)}"
         return True, ""
 
     def create(self, spec: VMSpec) -> bool:
@@ -177,7 +188,7 @@ class QemuDriver:
                 self._stop_helpers()
                 err = (spec.folder / home.QEMU_LOG).read_text(errors="replace").strip()
                 raise DriverError(f"QEMU exited at once (status {self.proc.returncode}): "
-                                  f"{err[-500:]}")
+                                  f"{err[-500:]}{exit_hint(err, spec, self.forwards)}")
             if self._monitor_ready(spec):
                 return
             time.sleep(0.02)
@@ -316,6 +327,20 @@ class QemuDriver:
 
     def make_link(self, token: str) -> TcpLink:
         return TcpLink(*self.link_address(), token)
+
+
+def exit_hint(err: str, spec: VMSpec, forwards: Forwards) -> str:
+    """The fix for what QEMU's log says made it exit at once ("" when none is known)."""
+    low = err.lower()
+    if "could not set up host forwarding rule" in low:
+        ports = ", ".join(str(p) for p in (forwards.link_port, forwards.ssh_port) if p)
+        return (f"; another program took a localhost port Cove had picked for the VM "
+                f"({ports}) before QEMU could open it. Start Cove again: it picks new "
+                "ports at each start")
+    if "failed createnamedpipe" in low:
+        return (f"; another program holds the pipe {qmp_pipe(spec)} that QEMU's monitor "
+                "needs. End it (or sign out and in again) and start Cove again")
+    return ""
 
 
 @register(priority=10)

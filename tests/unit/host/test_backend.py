@@ -1499,3 +1499,23 @@ def test_resource_saver_minutes_are_checked_and_kept(make_cove: Callable[..., Co
     assert c.inst.load_settings().resource_saver_minutes == 0
     time.sleep(0.5)
     assert c.driver.paused_calls == 0
+
+
+def test_a_control_endpoint_another_program_holds_is_an_error_not_a_traceback(
+        make_cove: Callable[..., Cove], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Windows another program may hold the control pipe's name (PipeTakenError, an
+    OSError): the backend says so as its error and exits 1, with nothing booted."""
+    from desktop.platform import winpipe
+
+    def taken(inst: Instance) -> Any:
+        raise winpipe.PipeTakenError(r"\\.\pipe\cove-x-t-control is served by process 666; "
+                                     "end that program and start Cove again")
+
+    monkeypatch.setattr(core.endpoints, "listen_control", taken)
+    c = make_cove()
+    c.start()
+    assert c.join() == 1
+    ev = c.wait_event("error")
+    assert "control endpoint could not be opened" in ev["reason"]
+    assert "end that program and start Cove again" in ev["reason"]
+    assert c.driver.started == [] and c.driver.created == []  # nothing booted
