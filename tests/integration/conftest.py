@@ -288,21 +288,30 @@ def hello_image(cove: Cove) -> str:
 OTHER_ARCH = ("arm64", "aarch64") if os.uname().machine == "x86_64" else ("amd64", "x86_64")
 
 
-@pytest.fixture(scope="session")
-def other_arch_image(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An image of the other architecture, made here: its static busybox, taken from
-    Cove's guest image of that architecture (the build makes it when it is missing)."""
-    arch = OTHER_ARCH[0]
-    env = {**os.environ, "COVE_IMAGES": cove.env["COVE_IMAGES"]}
+def guest_busybox(arch: str, images: str, dest: Path) -> Path:
+    """The static busybox of Cove's guest image for `arch` (Debian amd64 or arm64), copied
+    to `dest`; the image build makes that image when it is missing (cached after)."""
+    env = {**os.environ, "COVE_IMAGES": images}
     out = subprocess.run([sys.executable, "-m", "vm_image", "build", "--arch", arch],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
                          check=True)
     root_sqfs = Path(json.loads(out.stdout)["path"]) / "root.sqfs"
-    d = tmp_path_factory.mktemp(f"{arch}-rootfs")
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(d / "x"), str(root_sqfs),
+    x = Path(tempfile.mkdtemp(prefix="cove-busybox-")) / "x"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(x), str(root_sqfs),
                     "usr/bin/busybox"], check=True, capture_output=True)
+    (x / "usr/bin/busybox").rename(dest)
+    shutil.rmtree(x.parent)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def other_arch_image(cove: Cove, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image of the other architecture, made here: its static busybox, taken from
+    Cove's guest image of that architecture."""
+    arch = OTHER_ARCH[0]
+    d = tmp_path_factory.mktemp(f"{arch}-rootfs")
     (d / "rootfs/bin").mkdir(parents=True)
-    (d / "x/usr/bin/busybox").rename(d / "rootfs/bin/busybox")
+    guest_busybox(arch, cove.env["COVE_IMAGES"], d / "rootfs/bin/busybox")
     subprocess.run(["tar", "-C", str(d / "rootfs"), "-cf", str(d / "rootfs.tar"), "."],
                    check=True)
     name = f"cove-{arch}-busybox"

@@ -183,6 +183,78 @@ def test_docker_login_push_and_pull_with_a_local_registry(
         cove.docker("rmi", "-f", ref, check=False)
 
 
+# A docker credential helper (the protocol docker-credential-* programs speak: store, get,
+# erase, list on stdin/stdout), keeping what it is given in a JSON file beside it.
+CRED_HELPER = """#!/usr/bin/env python3
+import json, sys
+from pathlib import Path
+db = Path(__file__).with_name("creds.json")
+creds = json.loads(db.read_text()) if db.exists() else {}
+op, data = sys.argv[1], sys.stdin.read().strip()
+with db.with_name("calls.log").open("a") as log:
+    log.write(op + "\\n")
+if op == "store":
+    entry = json.loads(data)
+    creds[entry["ServerURL"]] = [entry["Username"], entry["Secret"]]
+elif op == "get":
+    if data not in creds:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    print(json.dumps({"ServerURL": data, "Username": creds[data][0],
+                      "Secret": creds[data][1]}))
+elif op == "erase":
+    creds.pop(data, None)
+elif op == "list":
+    print(json.dumps({k: v[0] for k, v in creds.items()}))
+db.write_text(json.dumps(creds))
+"""
+
+
+def test_a_credential_helper_keeps_the_login_and_serves_push_and_pull(
+        cove: Cove, hello_image: str, registry: int, tmp_path: Path) -> None:
+    """With `credsStore` set (as Docker Desktop's osxkeychain or desktop helpers do), the
+    CLI asks the helper for the registry's credentials at each push and pull, and sends
+    them through Cove's socket; config.json holds no secret."""
+    port = registry
+    helpers = tmp_path / "helpers"
+    helpers.mkdir()
+    prog = helpers / "docker-credential-covetest"
+    prog.write_text(CRED_HELPER)
+    prog.chmod(0o755)
+    env = {**cove.env, "PATH": f"{helpers}:{os.environ['PATH']}"}
+    config_file = cove.docker_config / "config.json"
+    saved = config_file.read_text()
+    config_file.write_text(json.dumps({**json.loads(saved), "credsStore": "covetest"}))
+    ref = f"localhost:{port}/cove/helped:{uuid.uuid4().hex[:6]}"
+
+    def docker(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "--context", cove.context, *args], env=env,
+                              input=input, capture_output=True, text=True, timeout=300,
+                              check=True)
+    try:
+        docker("login", f"localhost:{port}", "-u", "cove", "--password-stdin",
+               input="s3cret-pw\n")
+        stored = json.loads((helpers / "creds.json").read_text())
+        assert stored == {f"localhost:{port}": ["cove", "s3cret-pw"]}
+        config = json.loads(config_file.read_text())
+        assert "s3cret" not in config_file.read_text()
+        assert config["credsStore"] == "covetest" and config.get("currentContext") == \
+            json.loads(saved).get("currentContext")
+        docker("tag", hello_image, ref)
+        docker("push", ref)
+        docker("rmi", ref)
+        docker("pull", ref)
+        calls = (helpers / "calls.log").read_text().split()
+        assert "store" in calls, calls
+        assert calls[calls.index("store"):].count("get") >= 2, calls  # push and pull
+        assert docker("run", "--rm", ref, "echo", "helped").stdout == "helped\n"
+        docker("logout", f"localhost:{port}")
+        assert json.loads((helpers / "creds.json").read_text()) == {}
+    finally:
+        config_file.write_text(saved)
+        cove.docker("rmi", "-f", ref, check=False)
+
+
 # -- BuildKit: --target and --ssh ----------------------------------------------------------
 
 
