@@ -8,6 +8,7 @@ through a `Follower`. Nothing here blocks the GUI thread on the engine.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, QUrl
-from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication
+from PySide6.QtGui import (
+    QDesktopServices,
+    QFontDatabase,
+    QGuiApplication,
+    QKeySequence,
+    QShortcut,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -66,6 +73,16 @@ STATE_FILTERS: dict[str, Callable[[str], bool]] = {
     "Not running": lambda state: state not in RUNNING,
 }
 STATS_INTERVAL_MS = 2000  # how often running containers' CPU and memory are read
+# The Dashboard's keys beside the buttons' Alt keys (the README lists them).
+KEYS = (("Ctrl+1 … Ctrl+5", "the Containers, Images, Volumes, Disk and Resources tabs"),
+        ("Ctrl+F", "filter the containers (Escape clears the filter)"),
+        ("Ctrl+L", "the name of an image to pull"),
+        ("F5, Ctrl+R", "refresh"),
+        ("Delete", "delete the selected container, project, image or volume"),
+        ("Ctrl+I", "inspect the selected container"),
+        ("Ctrl+T", "a terminal in the selected container"),
+        ("Ctrl+B", "the selected container's first web port, in the browser"),
+        ("Enter", "collapse or expand the selected Compose project"))
 IMAGE_COLUMN_MAX = 220  # px: wider image names are cut, their whole name in the tooltip
 VOLUME_SIZES_SECONDS = 30.0  # the engine walks every volume to size them
 STATE_COLOURS = {"running": "#1f9d6b", "exited": "#8a8f98", "created": "#8a8f98",
@@ -148,13 +165,14 @@ def _table(headers: list[str]) -> QTableWidget:
     return t
 
 
-def _buttons(*names: str) -> tuple[QHBoxLayout, dict[str, QPushButton]]:
+def _buttons(*labels: str) -> tuple[QHBoxLayout, dict[str, QPushButton]]:
+    """A row of buttons, keyed by their names; an "&" in a label marks its Alt key."""
     row = QHBoxLayout()
     out = {}
-    for name in names:
-        b = QPushButton(name)
+    for label in labels:
+        b = QPushButton(label)
         row.addWidget(b)
-        out[name] = b
+        out[label.replace("&", "")] = b
     row.addStretch()
     return row, out
 
@@ -203,8 +221,8 @@ class Dashboard(QMainWindow):
         # A project's header: double-click or Enter collapses or expands it.
         self.container_table.itemActivated.connect(
             lambda item: self._toggle_row(item.row()))
-        bar, self.container_buttons = _buttons("Start", "Stop", "Restart", "Delete",
-                                               "Terminal", "Inspect")
+        bar, self.container_buttons = _buttons("&Start", "S&top", "&Restart", "&Delete",
+                                               "Ter&minal", "&Inspect")
         b = self.container_buttons
         b["Start"].clicked.connect(lambda: self._container_action("start", "Started"))
         b["Stop"].clicked.connect(lambda: self._container_action("stop", "Stopped"))
@@ -241,7 +259,7 @@ class Dashboard(QMainWindow):
 
         # Images
         self.image_table = _table(["Tags", "ID", "Size", "Created", "In use by"])
-        ibar, self.image_buttons = _buttons("Run…", "Delete", "Prune unused")
+        ibar, self.image_buttons = _buttons("R&un…", "&Delete", "&Prune unused")
         self.image_buttons["Run…"].clicked.connect(self.run_image)
         self.run_dialog: RunDialog | None = None
         self.image_buttons["Delete"].clicked.connect(self.delete_image)
@@ -262,7 +280,7 @@ class Dashboard(QMainWindow):
         self.volume_table = _table(["Name", "Driver", "Mount point", "In use by", "Size"])
         self.volume_sizes: dict[str, int] = {}  # read while the Volumes tab is shown
         self._sizes_read = -VOLUME_SIZES_SECONDS
-        vbar, self.volume_buttons = _buttons("Delete", "Prune unused")
+        vbar, self.volume_buttons = _buttons("&Delete", "&Prune unused")
         self.volume_buttons["Delete"].clicked.connect(self.delete_volume)
         self.volume_buttons["Prune unused"].clicked.connect(self.prune_volumes)
         self.volume_page = self._page(vbar, self.volume_table)
@@ -309,6 +327,62 @@ class Dashboard(QMainWindow):
         self._was_up = controller.state.is_up
         self._state_changed(controller.state)
         self._update_buttons()
+        self._keys()
+
+    def _keys(self) -> None:
+        """Everything the mouse does, from the keyboard (KEYS lists them; the buttons'
+        Alt keys are underlined in their labels)."""
+        def key(seq: QKeySequence | QKeySequence.StandardKey | str, fn: Callable[[], Any],
+                widget: QWidget | None = None) -> None:
+            s = QShortcut(QKeySequence(seq), widget or self)
+            if widget is not None:  # only while that widget has the focus
+                s.setContext(Qt.ShortcutContext.WidgetShortcut)
+            s.activated.connect(fn)
+
+        for i in range(self.tabs.count()):
+            key(f"Ctrl+{i + 1}", functools.partial(self.tabs.setCurrentIndex, i))
+        key("Ctrl+F", self.focus_filter)
+        key("Ctrl+L", self.focus_pull)
+        key("F5", self.refresh)
+        key("Ctrl+R", self.refresh)
+        key("Ctrl+I", self.inspect)
+        key("Ctrl+T", self.terminal)
+        key("Ctrl+B", self.open_selected_port)
+        key(QKeySequence.StandardKey.Delete, self.delete_container, self.container_table)
+        key(QKeySequence.StandardKey.Delete, self.delete_image, self.image_table)
+        key(QKeySequence.StandardKey.Delete, self.delete_volume, self.volume_table)
+        key("Escape", lambda: self.container_filter.clear(), self.container_filter)
+        tips = {self.container_buttons["Inspect"]: "Ctrl+I",
+                self.container_buttons["Terminal"]: "Ctrl+T",
+                self.container_buttons["Delete"]: "Delete",
+                self.image_buttons["Delete"]: "Delete",
+                self.volume_buttons["Delete"]: "Delete",
+                self.container_filter: "Ctrl+F", self.pull_name: "Ctrl+L"}
+        for w, seq in tips.items():
+            w.setToolTip(seq)
+        for i in range(self.tabs.count()):
+            self.tabs.setTabToolTip(i, f"Ctrl+{i + 1}")
+
+    def focus_filter(self) -> None:
+        self.tabs.setCurrentIndex(0)
+        self.container_filter.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.container_filter.selectAll()
+
+    def focus_pull(self) -> None:
+        self.tabs.setCurrentIndex(1)
+        self.pull_name.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.pull_name.selectAll()
+
+    def open_selected_port(self) -> None:
+        """The selected container's first web port, in the browser (a port's link in
+        the table is a mouse's only)."""
+        c = self.selected_container()
+        url = next((p.url for p in c.ports if p.url), None) if c else None
+        if url is None:
+            self.status("The selected container publishes no TCP port" if c else
+                        "Select a container to open its port")
+            return
+        self.open_link(url)
 
     @staticmethod
     def _page(bar: QHBoxLayout, table: QTableWidget) -> QWidget:

@@ -92,9 +92,9 @@ class DiskTab(QWidget):
             self.boxes[key] = box
             lay.addWidget(box)
         row = QHBoxLayout()
-        self.reclaim_button = QPushButton("Reclaim space")
+        self.reclaim_button = QPushButton("Re&claim space")
         self.reclaim_button.clicked.connect(self.reclaim)
-        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button = QPushButton("Re&fresh")
         self.refresh_button.clicked.connect(self.refresh)
         row.addWidget(self.reclaim_button)
         row.addWidget(self.refresh_button)

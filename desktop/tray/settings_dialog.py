@@ -149,20 +149,20 @@ class SettingsDialog(QDialog):
         self.cpus = QSpinBox()
         self.cpus.setRange(1, 256)
         self.cpus.setValue(self.old.cpus)
-        form.addRow("CPUs", self.cpus)
+        form.addRow("&CPUs", self.cpus)
         self.memory = QDoubleSpinBox()
         self.memory.setRange(0.25, 1024)
         self.memory.setSingleStep(0.5)
         self.memory.setDecimals(2)
         self.memory.setSuffix(" GiB")
         self.memory.setValue(self.old.memory_mib / 1024)
-        form.addRow("Memory", self.memory)
+        form.addRow("&Memory", self.memory)
         self.disk = QSpinBox()
         self.disk.setRange(1, 8192)
         self.disk.setSuffix(" GiB")
         self.disk.setValue(self.old.disk_gib)
         self.disk.setToolTip("The data disk can grow, not shrink")
-        form.addRow("Disk size (grow only)", self.disk)
+        form.addRow("Dis&k size (grow only)", self.disk)
 
         self.shares_list = QListWidget()
         self._share_entries: list[Any] = list(getattr(self.old, "shares", []) or [])
@@ -174,19 +174,19 @@ class SettingsDialog(QDialog):
         sb.setContentsMargins(0, 0, 0, 0)
         sb.addWidget(self.shares_list, 1)
         buttons = QVBoxLayout()
-        self.add_share_button = QPushButton("Add…")
-        self.remove_share_button = QPushButton("Remove")
+        self.add_share_button = QPushButton("&Add…")
+        self.remove_share_button = QPushButton("Remo&ve")
         self.add_share_button.clicked.connect(self._add_share_dialog)
         self.remove_share_button.clicked.connect(self._remove_share)
         buttons.addWidget(self.add_share_button)
         buttons.addWidget(self.remove_share_button)
         buttons.addStretch()
         sb.addLayout(buttons)
-        form.addRow("Shared folders", share_box)
+        form.addRow("Shared &folders", share_box)
         share_box.setEnabled(HAS_SHARES)
         share_box.setVisible(HAS_SHARES)
 
-        self.expose_all = QCheckBox("Publish ports on all network interfaces when a "
+        self.expose_all = QCheckBox("&Publish ports on all network interfaces when a "
                                     "container asks for it\n(off: only on this computer's "
                                     "localhost)")
         self.expose_all.setChecked(bool(getattr(self.old, "expose_ports_on_all_interfaces",
@@ -199,8 +199,8 @@ class SettingsDialog(QDialog):
         self.daemon_json.setPlainText(json.dumps(self.old.engine_config, indent=2)
                                       if self.old.engine_config else "{}")
         self.daemon_json.setMinimumHeight(110)
-        form.addRow("Engine (daemon.json)", self.daemon_json)
-        self.image_store = QCheckBox("Use the containerd image store (images for several "
+        form.addRow("&Engine (daemon.json)", self.daemon_json)
+        self.image_store = QCheckBox("Use the contai&nerd image store (images for several "
                                      "architectures under one tag)")
         self.image_store.setToolTip(
             "Sets features.containerd-snapshotter in daemon.json. Images kept in the other "
@@ -209,7 +209,7 @@ class SettingsDialog(QDialog):
         self.image_store.toggled.connect(self._store_toggled)
         form.addRow("", self.image_store)
 
-        self.login = QCheckBox("Start Cove when I log in")
+        self.login = QCheckBox("Start Cove when I &log in")
         self.login.setChecked(self.autostart.is_enabled())
         form.addRow("", self.login)
 

@@ -53,12 +53,12 @@ class Troubleshoot(QDialog):
         self.result_label.setWordWrap(True)
         lay = QVBoxLayout(self)
         for text, hint, slot in (
-            ("Restart Cove", "Stop the VM and start it again.", self.restart),
-            ("Open logs", "The folder with the backend's, the VM's and the events' logs.",
+            ("&Restart Cove", "Stop the VM and start it again.", self.restart),
+            ("Open &logs", "The folder with the backend's, the VM's and the events' logs.",
              self.open_logs),
-            ("Save diagnostics…", "A zip of logs, settings, versions and `docker info`, "
+            ("&Save diagnostics…", "A zip of logs, settings, versions and `docker info`, "
              "with secrets and environment values removed.", self.save_diagnostics),
-            ("Reset to factory defaults…", "Delete all containers, images, volumes and "
+            ("Reset to &factory defaults…", "Delete all containers, images, volumes and "
              "settings of this instance.", self.reset),
         ):
             b = QPushButton(text)

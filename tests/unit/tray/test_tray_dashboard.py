@@ -12,7 +12,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
 from PySide6.QtCore import Qt  # noqa: E402
-from PySide6.QtGui import QGuiApplication  # noqa: E402
+from PySide6.QtGui import QGuiApplication, QKeySequence  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
 from pytestqt.qtbot import QtBot  # noqa: E402
 
 from desktop.instance import Instance  # noqa: E402
@@ -517,3 +518,70 @@ def test_volume_sizes_are_read_when_the_tab_is_shown_not_at_each_refresh(env: En
     d.tabs.setCurrentIndex(0)
     d.tabs.setCurrentWidget(d.volume_page)  # opened again: read at once
     env.qtbot.waitUntil(lambda: env.engine.df_types == ["volume"] * 2, timeout=5000)
+
+
+def test_everything_the_mouse_does_the_keyboard_does(env: Env) -> None:
+    """The keyboard pass: tabs, the filter, delete, stop through a button's Alt key,
+    inspect, and a port's link (the table's links take only the mouse) by keys alone."""
+    d = env.dash
+    d.show()
+    d.activateWindow()
+    env.qtbot.waitUntil(d.isActiveWindow, timeout=5000)
+
+    def keys(seq: str, widget: object = None) -> None:
+        env.qtbot.keySequence(widget or QApplication.focusWidget() or d, QKeySequence(seq))
+
+    keys("Ctrl+2")
+    assert d.tabs.currentIndex() == 1
+    keys("Ctrl+L")
+    assert d.pull_name.hasFocus()
+    keys("Ctrl+5")
+    assert d.tabs.currentWidget() is d.resources_tab
+    keys("Ctrl+F")  # back to Containers, into the filter
+    assert d.tabs.currentIndex() == 0 and d.container_filter.hasFocus()
+    env.qtbot.keyClicks(d.container_filter, "db")
+    assert env.names() == ["db"]
+    env.qtbot.keyClick(d.container_filter, Qt.Key.Key_Escape)
+    assert d.container_filter.text() == "" and env.names() == ["db", "web", "job"]
+
+    d.select_container("web")
+    d.container_table.setFocus()
+    keys("Ctrl+B")
+    assert env.urls == ["http://localhost:8080/"]
+    keys("Alt+T")  # S&top
+    env.qtbot.waitUntil(lambda: env.calls("POST", f"/containers/{WEB}/stop") == 1,
+                        timeout=5000)
+    keys("Ctrl+I")
+    env.qtbot.waitUntil(lambda: d.inspector is not None, timeout=5000)
+    d.inspector.close()  # type: ignore[union-attr]
+    d.activateWindow()
+    env.qtbot.waitUntil(d.isActiveWindow, timeout=5000)
+
+    d.select_container("job")
+    d.container_table.setFocus()
+    keys("Del")  # not running: deleted without a question
+    env.qtbot.waitUntil(lambda: env.calls("DELETE", f"/containers/{JOB}") == 1,
+                        timeout=5000)
+    assert env.questions == []
+    # Delete in the filter edits the text: it deletes no container.
+    d.select_container("db")
+    d.container_filter.setText("x")
+    d.container_filter.setFocus()
+    d.container_filter.setCursorPosition(0)
+    keys("Del", d.container_filter)
+    assert d.container_filter.text() == "" and env.calls("DELETE", f"/containers/{DB}") == 0
+
+
+def test_a_container_without_a_web_port_says_so_for_ctrl_b(env: Env) -> None:
+    env.dash.select_container("job")
+    env.dash.open_selected_port()
+    assert env.urls == []
+    assert "publishes no TCP port" in env.dash.statusBar().currentMessage()
+
+
+def test_the_readme_lists_every_key() -> None:
+    from desktop.tray.dashboard import KEYS
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    for seq, does in KEYS:
+        assert f"| {seq} | {does} |" in readme, f"README lacks the key {seq}"

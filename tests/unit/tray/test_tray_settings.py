@@ -221,3 +221,23 @@ def test_the_image_store_box_edits_daemon_json_and_follows_it(stopped: Env) -> N
     d.apply()
     assert stopped.inst.load_settings().engine_config == {
         "features": {"containerd-snapshotter": True}}
+
+
+def test_every_field_has_an_alt_key(stopped: Env, qtbot: QtBot) -> None:
+    """The keyboard pass: each field's label has an Alt key that moves the focus to it,
+    and a check box's toggles it."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QKeySequence
+
+    d = stopped.dialog
+    d.show()
+    d.activateWindow()
+    qtbot.waitUntil(d.isActiveWindow, timeout=5000)
+    for seq, field in (("Alt+M", d.memory), ("Alt+K", d.disk), ("Alt+E", d.daemon_json),
+                       ("Alt+C", d.cpus)):
+        qtbot.keySequence(d, QKeySequence(seq))
+        assert field.hasFocus(), f"{seq} does not reach {field}"
+    login = d.login.isChecked()
+    qtbot.keySequence(d, QKeySequence("Alt+L"))
+    qtbot.waitUntil(lambda: d.login.isChecked() != login, timeout=2000)  # an animated click
+    assert d.memory.focusPolicy() != Qt.FocusPolicy.NoFocus
