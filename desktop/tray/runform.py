@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.settings import path_under
+from desktop.tray.tones import ERROR, tone
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 
@@ -164,7 +165,7 @@ class RunDialog(QDialog):
         self.restart.addItems(list(RESTART_POLICIES))
         self.error = QLabel()
         self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #d63a3a;")
+        self.error.setStyleSheet(f"color: {tone(self.error, ERROR)};")
         form = QFormLayout(self)
         for label, w in (("&Image", self.image), ("&Name", self.name),
                          ("&Command", self.command), ("&Ports", self.ports),

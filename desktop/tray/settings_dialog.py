@@ -43,6 +43,7 @@ from desktop.instance import Instance
 from desktop.settings import GIB, MIB, Settings, SettingsError
 from desktop.tray.autostart import Autostart, tray_command
 from desktop.tray.controller import TrayController
+from desktop.tray.tones import ERROR, tone
 
 SETTING_FIELDS = {f.name for f in fields(Settings)}
 # Another part of Cove may not have these settings yet: the dialog shows what exists.
@@ -215,7 +216,7 @@ class SettingsDialog(QDialog):
 
         self.error = QLabel()
         self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #c62828;")
+        self.error.setStyleSheet(f"color: {tone(self.error, ERROR)};")
         self.hint = QLabel()
         self.hint.setWordWrap(True)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Apply |

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from desktop import lifecycle
 from desktop.tray import diagnostics
 from desktop.tray.controller import TrayController
+from desktop.tray.tones import HINT, tone
 
 RESET_WARNING = (
     "Reset Cove ({name}) to factory defaults?\n\n"
@@ -65,7 +66,7 @@ class Troubleshoot(QDialog):
             b.clicked.connect(slot)
             label = QLabel(hint)
             label.setWordWrap(True)
-            label.setStyleSheet("color: #5f6368; margin-bottom: 8px;")
+            label.setStyleSheet(f"color: {tone(label, HINT)}; margin-bottom: 8px;")
             lay.addWidget(b)
             lay.addWidget(label)
         lay.addWidget(self.result_label)
