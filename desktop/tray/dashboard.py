@@ -351,7 +351,7 @@ class Dashboard(QMainWindow):
         key(QKeySequence.StandardKey.Delete, self.delete_container, self.container_table)
         key(QKeySequence.StandardKey.Delete, self.delete_image, self.image_table)
         key(QKeySequence.StandardKey.Delete, self.delete_volume, self.volume_table)
-        key("Escape", lambda: self.container_filter.clear(), self.container_filter)
+        key("Escape", self.container_filter.clear, self.container_filter)
         tips = {self.container_buttons["Inspect"]: "Ctrl+I",
                 self.container_buttons["Terminal"]: "Ctrl+T",
                 self.container_buttons["Delete"]: "Delete",

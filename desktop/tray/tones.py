@@ -20,7 +20,8 @@ def is_dark(palette: QPalette) -> bool:
 
 
 def tone(widget: QWidget, pair: tuple[str, str]) -> str:
-    """The colour of `pair` for the theme `widget` is drawn in."""
+    """The colour of `pair` for the theme `widget` is drawn in (as it is when asked: a
+    widget takes it when made)."""
     return pair[is_dark(widget.palette())]
 
 

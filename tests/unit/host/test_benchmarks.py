@@ -42,3 +42,21 @@ def test_render_skips_results_that_are_not_a_suite(tmp_path, monkeypatch) -> Non
     md = common.render()
     assert "### api" in md and "| ping | 2 ms" in md and "2.00x" in md
     assert "package" not in md
+
+
+def test_every_suite_in_latest_md_keeps_its_figures_in_the_repository() -> None:
+    """latest.md is rendered from each suite's results/<suite>.json: a suite whose JSON
+    is not in the repository drops out of latest.md at the next run on a new clone (as
+    the dashboard's did once)."""
+    import subprocess
+
+    from benchmarks import common
+
+    tracked = subprocess.run(["git", "ls-files", "benchmarks/results"], capture_output=True,
+                             text=True, check=True, cwd=common.ROOT).stdout.split()
+    suites = [line.split()[1] for line in (common.RESULTS / "latest.md").read_text()
+              .splitlines() if line.startswith("### ")]
+    assert suites
+    for suite in suites:
+        assert f"benchmarks/results/{suite}.json" in tracked, \
+            f"benchmarks/results/{suite}.json is not in git: add it beside latest.md"
