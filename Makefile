@@ -88,8 +88,13 @@ bench: deps venv image
 	xvfb-run -a $(BIN)/python -m benchmarks --runs 5
 	$(BIN)/python -m benchmarks.profile
 
-screenshots: venv
+# From fixtures, then from a throwaway instance with a panel of trayer as the tray host.
+screenshots: deps venv image
+	@command -v trayer >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends trayer
 	xvfb-run -a $(BIN)/python -m desktop.tray.screenshots docs/screenshots
+	xvfb-run -a -s "-screen 0 1440x900x24" $(BIN)/python -m desktop.tray.live_screenshots \
+		docs/screenshots
 
 clean:
 	rm -rf $(VENV) build *.egg-info
