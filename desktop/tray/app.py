@@ -23,11 +23,13 @@ from PySide6.QtWidgets import QApplication, QMenu, QMessageBox, QSystemTrayIcon,
 
 from desktop import __version__
 from desktop.instance import DEFAULT_INSTANCE, Instance
+from desktop.platform.processes import Meter
 from desktop.settings import SettingsError
 from desktop.tray import autostart, icons, model
 from desktop.tray.controller import TrayController
 from desktop.tray.single_instance import SingleInstance
 
+HOST_LOOK_S = 10.0  # how often the tooltip's figures of QEMU are read while the VM runs
 NOTICE_ICONS = {"information": QSystemTrayIcon.MessageIcon.Information,
                 "warning": QSystemTrayIcon.MessageIcon.Warning,
                 "critical": QSystemTrayIcon.MessageIcon.Critical}
@@ -54,16 +56,36 @@ class TrayApp(QObject):
         controller.notify.connect(self.show_notice)
         controller.action_failed.connect(
             lambda msg: self.show_notice(model.Notice("Cove", msg, "warning")))
+        # What QEMU costs the host now, for the tooltip: read on the host alone (the
+        # guest is never asked, so a resting VM stays asleep), only while the VM runs.
+        self.host_timer = QTimer(self)
+        self.host_timer.setInterval(int(HOST_LOOK_S * 1000))
+        self.host_timer.timeout.connect(self.look_at_host)
+        self._meter: Meter | None = None
         self.update_icon(controller.state)
         self.rebuild_menu()
 
     # -- icon and menu -----------------------------------------------------------------
 
     def update_icon(self, st: model.TrayState) -> None:
+        vm = st.qemu_pid if st.is_up or st.state == "resting" else None
+        if vm is None:
+            self.host_timer.stop()
+            self._meter, st.host_now = None, None
+        elif self._meter is None or self._meter.pid != vm:
+            self._meter, st.host_now = Meter(vm), None
+            self.look_at_host(show=False)  # the first look: memory now, CPU from the next
+            self.host_timer.start()
         self.tray.setIcon(icons.tray_icon(model.icon_name(st)))
         self.tray.setToolTip(model.tooltip(st))
         if self.quitting and st.state in ("stopped", "error"):
             QApplication.quit()
+
+    def look_at_host(self, show: bool = True) -> None:
+        st = self.controller.state
+        st.host_now = self._meter.read() if self._meter is not None else None
+        if show:
+            self.tray.setToolTip(model.tooltip(st))
 
     def rebuild_menu(self) -> None:
         self.menu.clear()

@@ -332,3 +332,40 @@ def test_an_events_stream_that_broke_is_closed_before_the_next(qtbot: QtBot,
         assert docker.streams[0].closed
     finally:
         c.close()
+
+
+def test_the_tooltip_says_what_qemu_costs_now_while_the_vm_runs(
+        qtbot: QtBot, backend: FakeBackend, engine: FakeDockerAPI,
+        controller: TrayController) -> None:
+    """The tooltip's live line: QEMU's CPU and resident memory, read on the host (a real
+    busy process stands for QEMU here); none while the VM is stopped, and no timer then."""
+    import subprocess
+    import sys
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        app = TrayApp(controller, platform="linux")
+        controller.start_following()
+        qtbot.waitUntil(lambda: controller.state.containers == 2, timeout=5000)
+        assert "Now:" not in app.tray.toolTip() and not app.host_timer.isActive()
+        controller.state.qemu_pid = busy.pid
+        app.update_icon(controller.state)
+        assert app.host_timer.isActive()
+        first = app.tray.toolTip().splitlines()[-1]
+        assert first.startswith("Now: ") and first.endswith(" held on this computer")
+        assert "% of a core" not in first  # a CPU share needs two looks
+        qtbot.wait(300)
+        app.look_at_host()
+        line = app.tray.toolTip().splitlines()[-1]
+        cpu = float(line.removeprefix("Now: ").split(" % of a core")[0])
+        assert cpu > 20, line  # the busy loop holds most of a core
+        busy.kill()
+        busy.wait()
+        app.look_at_host()  # the process is gone: no figures rather than old ones
+        assert "Now:" not in app.tray.toolTip()
+        controller.state.state = "stopped"
+        app.update_icon(controller.state)
+        assert not app.host_timer.isActive() and controller.state.host_now is None
+    finally:
+        busy.kill()
+        busy.wait()

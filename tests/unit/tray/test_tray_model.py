@@ -237,3 +237,16 @@ def test_tooltip_says_what_the_vm_was_given_and_when_it_rests() -> None:
         in model.tooltip(st)
     st.state = "stopped"
     assert "VM:" not in model.tooltip(st)  # nothing is given while nothing runs
+
+
+def test_the_host_line_gives_qemus_cpu_and_memory_in_a_unit_people_read() -> None:
+    assert model.host_line((4.94, 1288 * 2**20)) == \
+        "Now: 4.9 % of a core, 1.3 GiB held on this computer"
+    assert model.host_line((None, 700 * 2**20)) == "Now: 700 MiB held on this computer"
+    st = model.TrayState()
+    model.apply_status(st, {"state": "running", "engine_version": "26.1.5"})
+    st.containers, st.host_now = 0, (0.2, 2**30)
+    assert model.tooltip(st).splitlines()[-1] == \
+        "Now: 0.2 % of a core, 1.0 GiB held on this computer"
+    st.state = "stopped"
+    assert "Now:" not in model.tooltip(st)
