@@ -290,6 +290,12 @@ SUID_SCRIPT = (
     "mkdir /w/d && chmod g+s /w/d; echo dir=$?; ls -ld /w/d")
 
 
+# The VM's root gives a file cap_setuid (a v2 capability set, permitted and effective).
+SETCAP = ("import os\ntry:\n    os.setxattr({path!r}, 'security.capability', bytes.fromhex("
+          "'0100000280000000800000000000000000000000'))\n    print('set')\n"
+          "except OSError as e:\n    print('refused', e)\n")
+
+
 def test_no_set_uid_bit_a_container_sets_reaches_the_host_over_any_transport(
         cove: Cove, hello_image: str, shares: dict[str, Path]) -> None:
     """Over 9p and virtiofs QEMU and virtiofsd apply a guest's chmod as it is, so the
@@ -318,6 +324,12 @@ def test_no_set_uid_bit_a_container_sets_reaches_the_host_over_any_transport(
                        check=False)
         assert "rc=1" in vm.stdout, (transport, vm.stdout, vm.stderr)
         assert (d / "prog").stat().st_mode & 0o7777 == 0o755, transport
+        # Nor file capabilities, the set-uid bit's other form (a container holds
+        # CAP_SETFCAP by default): no transport carries security.* attributes to the host.
+        vm = cove.cove("shell", "python3", "-c", SETCAP.format(path=f"{in_vm}/prog"),
+                       check=False)
+        assert "refused" in vm.stdout, (transport, vm.stdout, vm.stderr)
+        assert "security.capability" not in os.listxattr(d / "prog"), transport
     # Outside the shares nothing changes: images keep their set-uid programs.
     got = run(cove, hello_image, shares["9p"], "cp /bin/busybox /s && chmod 4755 /s && "
               "ls -l /s").stdout
