@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -42,6 +43,33 @@ def qemu_version(qemu: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.splitlines()[0] if out else ""
+
+
+# Apple silicon gives a guest 36 bits of physical address (M1, M2); QEMU before 7.0 lays
+# out the virt machine's high memory regions past them, and HVF refuses the VM ("VCPU
+# supports less PA bits (36) than requested by the memory map (40)"). The way round it
+# there, highmem=off, keeps all the guest's memory under 4 GiB (3 GiB at most with the
+# devices). QEMU 7.0 and later fit the layout to the host's limit, and need nothing.
+HVF_ARM64_MIN_QEMU = (7, 0)
+
+
+def version_tuple(line: str) -> tuple[int, int] | None:
+    """(major, minor) of `qemu --version`'s first line ("QEMU emulator version 6.2.0")."""
+    m = re.search(r"version (\d+)\.(\d+)", line)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def too_old_for_hvf(os_name: str, guest_arch: str, version_line: str) -> str | None:
+    """Why this QEMU cannot run the arm64 guest under HVF on a Mac, or None."""
+    got = version_tuple(version_line)
+    if os_name != "darwin" or guest_arch != "arm64" or got is None \
+            or got >= HVF_ARM64_MIN_QEMU:
+        return None
+    need = ".".join(map(str, HVF_ARM64_MIN_QEMU))
+    return (f"{version_line.strip()} is older than {need}: on Apple silicon it lays out "
+            "the VM's memory past the 36 address bits the chip gives a guest, so HVF "
+            f"refuses it; upgrade it (brew upgrade qemu) to {need} or later, then start "
+            "Cove again")
 
 
 def probe_accel(spec: VMSpec, qemu: str, cache: Path, os_name: str | None = None,

@@ -28,7 +28,7 @@ from pathlib import Path
 from desktop import home
 from desktop.drivers import DriverError, VMSpec, register
 from desktop.drivers.qemu import orphan, qmp
-from desktop.drivers.qemu.accel import probe_accel
+from desktop.drivers.qemu.accel import probe_accel, qemu_version, too_old_for_hvf
 from desktop.drivers.qemu.command import Endpoint, Forwards, build_command
 from desktop.drivers.qemu.disk import ensure_disk
 from desktop.drivers.qemu.shares import resolve_shares
@@ -154,6 +154,10 @@ class QemuDriver:
         qemu = shutil.which(self.qemu)
         if qemu is None:
             raise DriverError(self.available()[1])
+        old = too_old_for_hvf(self.os_name, spec.arch, qemu_version(qemu)) \
+            if self.os_name == "darwin" else None
+        if old:
+            raise DriverError(old)
         self.spec = spec
         if not self.accel:
             cache = self.accel_cache or spec.folder.parent / "accel.json"

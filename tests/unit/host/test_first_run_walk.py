@@ -25,6 +25,7 @@ What these walks cannot reach, and why (stated here so that nobody takes them fo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -65,7 +66,9 @@ def simulate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Simulate
     thread, backend or QEMU of the walk is left."""
     before = set(threading.enumerate())
     # Not under /tmp: macOS shares /tmp by default, and a home inside it would overlap.
-    home = Path(tempfile.mkdtemp(prefix="cw-", dir="/var/tmp"))
+    # (A Windows runner has no /var/tmp: its own temporary folder, then.)
+    home = Path(tempfile.mkdtemp(prefix="cw-", dir="/var/tmp" if os.path.isdir("/var/tmp")
+                                 else None))
     made: list[SimulatedHost] = []
 
     def make(host: Host, hyperv: tuple[str, ...] = (), qemu: bool = True) -> SimulatedHost:

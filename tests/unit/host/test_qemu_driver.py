@@ -1062,3 +1062,30 @@ def test_the_private_host_ports_are_the_next_boots_forwards() -> None:
     ports = d.private_host_ports()
     assert d.private_host_ports() == ports  # picked once, for the boot about to start
     assert ports == [d.forwards.link_port, d.ssh_address()[1]]  # type: ignore[index]
+
+
+def test_a_qemu_older_than_7_on_apple_silicon_is_refused_with_the_upgrade(
+        spec: VMSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU before 7.0 lays the virt machine out past the 36 address bits an M1 gives a
+    guest and HVF refuses the VM (a probe would then fall back to TCG with a misleading
+    hint); Cove says to upgrade before it boots anything. 7.0 and later, an Intel Mac,
+    Linux, and a version it cannot read go on."""
+    from desktop.drivers.qemu import accel
+
+    old = "QEMU emulator version 6.2.0"
+    why = accel.too_old_for_hvf("darwin", "arm64", old)
+    assert why is not None and "brew upgrade qemu" in why and why.startswith(old)
+    for os_name, arch, line in (("darwin", "arm64", "QEMU emulator version 7.0.0"),
+                                ("darwin", "arm64", "QEMU emulator version 10.0.2"),
+                                ("darwin", "amd64", old), ("linux", "arm64", old),
+                                ("darwin", "arm64", "")):
+        assert accel.too_old_for_hvf(os_name, arch, line) is None, (os_name, arch, line)
+    qemu = tmp_path / "qemu-system-aarch64"
+    qemu.write_text(f"#!/bin/sh\necho '{old}'\necho 'Copyright (c) 2003-2021'\n")
+    qemu.chmod(0o755)
+    spec.arch = "arm64"
+    d = QemuDriver("arm64", os_name="darwin")
+    d.qemu = str(qemu)
+    with pytest.raises(DriverError, match=r"6\.2\.0 is older than 7\.0.*brew upgrade qemu"):
+        d.start(spec)
+    assert d.proc is None and not d.accel  # nothing probed, nothing started
