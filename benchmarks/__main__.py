@@ -18,13 +18,14 @@ from benchmarks import (
     ports,
     rest,
     shares,
+    tcg,
     tray,
 )
 
 SUITES = {"boot": boot.run, "api": api.run, "bulk": bulk.run, "footprint": footprint.run,
           "ports": ports.run, "faults": faults.run, "filewatch": filewatch.run,
           "rest": rest.run, "dashboard": dashboard.run, "idle": idle.run,
-          "shares": shares.run, "tray": tray.run}
+          "shares": shares.run, "tray": tray.run, "tcg": tcg.run}
 
 
 def main() -> int:

@@ -5,7 +5,10 @@
 engine holds (a Compose project with a web server, its database and a job that exited, a
 volume, a container that keeps a CPU busy), runs the real tray app with a panel of
 `trayer` as the tray host, and saves the screen as it shows the tray icon in the panel, the
-menu opened from it and the Dashboard fed by the engine. Then it deletes the instance.
+menu opened from it and the Dashboard fed by the engine; then its Resources tab (the
+figures printed beside what `ps` says of QEMU) and its Disk tab after Reclaim space gave
+back a volume's data (printed beside what `du` says of the data disk). Then it deletes
+the instance.
 
 Run it under an X display with room for the windows: `xvfb-run -a -s "-screen 0
 1440x900x24"` (the Makefile's target does). The screenshots made from fixtures
@@ -30,7 +33,9 @@ from vm_image.builder import images_dir
 
 HELLO = "cove-hello"
 # What it saves, each named in the README.
-SHOTS = ("tray-panel-live.png", "tray-menu-live.png", "dashboard-live.png")
+SHOTS = ("tray-panel-live.png", "tray-menu-live.png", "dashboard-live.png",
+         "resources-live.png", "disk-live.png")
+RECLAIM_MIB = 400  # written to a volume no container keeps, for Reclaim space to give back
 PANEL_HEIGHT = 28
 COMPOSE = f"""\
 services:
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
              "--width", "100", "--heighttype", "pixel", "--height", str(PANEL_HEIGHT),
              "--transparent", "true", "--alpha", "0", "--tint", "0x2b2d30",
              "--SetDockType", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shoot(out)
+        shoot(out, scratch)
     finally:
         if panel is not None:
             panel.send_signal(signal.SIGTERM)
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def shoot(out: Path) -> None:
+def shoot(out: Path, scratch: Scratch) -> None:
     from PySide6.QtCore import QPoint, QRect
     from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
@@ -183,8 +188,48 @@ def shoot(out: Path) -> None:
          events)
     geo = dash.frameGeometry()
     grab(SHOTS[2], geo)
+
+    # The Resources tab against what `ps` says of QEMU at the same moment.
+    tab = dash.resources_tab
+    dash.tabs.setCurrentWidget(tab)
+    wait("two samples of the Resources tab", lambda: len(tab.samples) >= 2, 30, events)
+    pid = controller.state.qemu_pid
+    ps = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True,
+                        text=True).stdout.strip()
+    print(f"figures: Resources tab: held {tab.labels['held'].text()!r}, guest "
+          f"{tab.labels['guest'].text()!r}; ps: QEMU RSS {int(ps or 0) / 1024:.0f} MiB",
+          flush=True)
+    grab(SHOTS[3], geo)
+
+    # Reclaim space: a volume's data no container keeps, removed with the volume ticked.
+    disk = dash.disk_tab
+    subprocess.run([*scratch.docker, "run", "--rm", "-v", "scratch-data:/v", HELLO, "sh",
+                    "-c", f"dd if=/dev/urandom of=/v/big bs=1M count={RECLAIM_MIB} "
+                    "2>/dev/null && sync"], env=scratch.env, check=True, timeout=600)
+    dash.tabs.setCurrentWidget(disk)
+    disk.refresh()
+    wait("the Disk tab's figures", lambda: disk.usage is not None
+         and disk.usage.volumes[1] >= RECLAIM_MIB * 2**20, 90, events)
+    du_before = du_mib(disk.disk)
+    for key, box in disk.boxes.items():
+        box.setChecked(key == "volumes")
+    disk._confirm = lambda question: True  # the question a user answers
+    disk.reclaim_button.click()
+    wait("Reclaim space's result", lambda: disk.result.text().startswith(
+        ("Freed", "Reclaim failed", "Nothing")), 240, events)
+    wait("the Disk tab's figures after", lambda: "takes" in disk.host_label.text(), 30,
+         events)
+    print(f"figures: Disk tab: {disk.result.text()!r}; {disk.host_label.text()!r}; du: "
+          f"{du_before:.0f} MiB before, {du_mib(disk.disk):.0f} MiB after", flush=True)
+    grab(SHOTS[4], geo)
     dash.close()
     controller.close()
+
+
+def du_mib(path: Path) -> float:
+    """What `du` says the file takes on the host's disk, MiB."""
+    out = subprocess.run(["du", "-k", str(path)], capture_output=True, text=True).stdout
+    return int(out.split()[0]) / 1024 if out else 0.0
 
 
 if __name__ == "__main__":

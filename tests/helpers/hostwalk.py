@@ -763,7 +763,7 @@ class SimulatedHost:
             return subprocess.CompletedProcess(cmd, 0, QEMU_VERSION + "\n", "")
         assert "cove.probe" in arg_of(cmd, "-append"), cmd
         self.accel_trials.append(cmd)
-        accel = arg_of(cmd, "-accel")
+        accel = arg_of(cmd, "-accel").split(",")[0]  # tcg,tb-size=...: its options after
         if accel in self.accels:
             serial = Path(arg_of(cmd, "-serial").removeprefix("file:"))
             serial.write_bytes(b"...\r\n" + qaccel.PROBE_MARKER + b"\r\n")

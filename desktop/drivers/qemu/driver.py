@@ -29,7 +29,7 @@ from desktop import home
 from desktop.drivers import DriverError, VMSpec, register
 from desktop.drivers.qemu import orphan, qmp
 from desktop.drivers.qemu.accel import probe_accel, qemu_version, too_old_for_hvf
-from desktop.drivers.qemu.command import Endpoint, Forwards, build_command
+from desktop.drivers.qemu.command import Endpoint, Forwards, build_command, tcg_tb_mib
 from desktop.drivers.qemu.disk import ensure_disk
 from desktop.drivers.qemu.shares import resolve_shares
 from desktop.drivers.qemu.virtiofsd import (
@@ -148,7 +148,7 @@ class QemuDriver:
         return build_command(spec, self.accel or "tcg", self.os_name, qemu,
                              self._endpoint(spec), self.forwards,
                              is_root=self.is_root(), extra_args=self.extra_args,
-                             events=events)
+                             events=events, tb_mib=tcg_tb_mib())
 
     def start(self, spec: VMSpec) -> None:
         qemu = shutil.which(self.qemu)
