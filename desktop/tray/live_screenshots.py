@@ -192,7 +192,8 @@ def shoot(out: Path, scratch: Scratch) -> None:
     # The Resources tab against what `ps` says of QEMU at the same moment.
     tab = dash.resources_tab
     dash.tabs.setCurrentWidget(tab)
-    wait("two samples of the Resources tab", lambda: len(tab.samples) >= 2, 30, events)
+    # Enough samples for its lines to show (one every 2 s).
+    wait("the Resources tab's samples", lambda: len(tab.samples) >= 10, 60, events)
     pid = controller.state.qemu_pid
     ps = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True,
                         text=True).stdout.strip()
