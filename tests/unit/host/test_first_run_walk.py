@@ -315,7 +315,7 @@ def test_windows_without_whpx_runs_on_tcg_and_says_how_to_enable_it(
     assert "WHPX: No accelerator found" in note  # QEMU's own words: the problem
     assert "Enable-WindowsOptionalFeature -Online -FeatureName HypervisorPlatform" in note
     assert "accel.json" in note and note.endswith("using software emulation (TCG)")
-    assert arg_of(the_qemu(sim).cmd, "-accel") == "tcg,tb-size=256"
+    assert arg_of(the_qemu(sim).cmd, "-accel") == "tcg"
     stopped(sim, capsys)
 
 

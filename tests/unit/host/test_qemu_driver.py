@@ -72,8 +72,7 @@ def test_command_amd64_tcg_linux(spec: VMSpec, tmp_path: Path) -> None:
     cmd = build_command(spec, "tcg", "linux", "/usr/bin/qemu-system-x86_64", qmp)
     assert cmd[0] == "/usr/bin/qemu-system-x86_64"
     assert _arg(cmd, "-machine") == "q35,vmport=off,hpet=off"
-    # TCG's translation buffer, a quarter of QEMU's 1 GiB default (benchmarks tcg).
-    assert _arg(cmd, "-accel") == "tcg,tb-size=256"
+    assert _arg(cmd, "-accel") == "tcg"  # QEMU's own translation buffer size
     assert _arg(cmd, "-cpu") == "max"
     assert _arg(cmd, "-smp") == "4"
     assert _arg(cmd, "-m") == "4096M"
@@ -1092,24 +1091,28 @@ def test_a_qemu_older_than_7_on_apple_silicon_is_refused_with_the_upgrade(
     assert d.proc is None and not d.accel  # nothing probed, nothing started
 
 
-def test_the_tcg_translation_buffer_is_ours_or_the_environments_and_bad_sizes_say_so(
+def test_the_tcg_translation_buffer_is_qemus_unless_the_environment_sizes_it(
         spec: VMSpec, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only TCG takes it; COVE_QEMU_TB_MIB sets another size for a measurement, and a
-    size QEMU would refuse (or that is not a number) is the start's error, naming the
-    variable and the range."""
+    """QEMU's default unless COVE_QEMU_TB_MIB asks for a size (TCG only); a size QEMU
+    would refuse, or one that is not a number, is the start's error, naming the variable
+    and the range."""
     from desktop.drivers.qemu.command import tcg_tb_mib
 
-    assert tcg_tb_mib({}) == 256 and tcg_tb_mib({"COVE_QEMU_TB_MIB": "1024"}) == 1024
+    assert tcg_tb_mib({}) is None and tcg_tb_mib({"COVE_QEMU_TB_MIB": "256"}) == 256
     for bad in ("0", "8", "99999", "1G", "-5", "big"):
         with pytest.raises(DriverError, match="COVE_QEMU_TB_MIB=.*from 16 to 4096"):
             tcg_tb_mib({"COVE_QEMU_TB_MIB": bad})
     d = QemuDriver("amd64", os_name="linux")
     d.accel = "tcg"
-    monkeypatch.setenv("COVE_QEMU_TB_MIB", "1024")
-    assert _arg(d.command(spec), "-accel") == "tcg,tb-size=1024"
+    monkeypatch.delenv("COVE_QEMU_TB_MIB", raising=False)
+    assert _arg(d.command(spec), "-accel") == "tcg"
+    monkeypatch.setenv("COVE_QEMU_TB_MIB", "256")
+    assert _arg(d.command(spec), "-accel") == "tcg,tb-size=256"
     d.accel = "kvm"
     assert _arg(d.command(spec), "-accel") == "kvm"  # hardware: no translation buffer
     monkeypatch.setenv("COVE_QEMU_TB_MIB", "lots")
     d.accel = "tcg"
     with pytest.raises(DriverError, match="'lots' is not a size in MiB"):
         d.command(spec)
+
+
