@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from desktop.demo import HELLO_IMAGE as HELLO
 from desktop.demo import build_hello_image
 from vm_image.builder import images_dir
 
-HELLO = "cove-hello"
 # What it saves, each named in the README.
 SHOTS = ("tray-panel-live.png", "tray-menu-live.png", "dashboard-live.png",
          "resources-live.png", "disk-live.png")
