@@ -27,7 +27,7 @@ from desktop.backend.clock import HostClock
 from desktop.backend.engine_socket import EngineSocket
 from desktop.backend.events import EventLog
 from desktop.backend.health import EngineHealth
-from desktop.backend.rest import ResourceSaver
+from desktop.backend.rest import ResourceSaver, wait_given_back
 from desktop.backend.shares import BootShares
 from desktop.control import ControlError
 from desktop.control.server import ControlServer, Op
@@ -39,6 +39,7 @@ from desktop.link.tcp import TcpLink
 from desktop.platform import endpoints, power, sockets
 from desktop.platform.endpoints import Listener
 from desktop.platform.locks import FileLock, LockHeld
+from desktop.platform.processes import Meter
 from desktop.platform.sockets import (
     NotASocketError,
     SocketPathTooLong,
@@ -427,6 +428,20 @@ class Backend:
                          >> 20)
         except (AgentError, LinkError, OSError) as e:
             log.info("the guest did not release memory before resting: %s", e)
+            return
+        pid = self.driver.pid() if self.driver is not None else None
+        if pid is None:  # Hyper-V: no process of ours holds the VM's memory
+            return
+        meter = Meter(pid)
+
+        def rss() -> int | None:
+            got = meter.read()
+            return got[1] if got is not None else None
+
+        fell, waited = wait_given_back(rss, self.saver.still_idle,
+                                       quiet=timeouts.GIVEN_BACK_QUIET,
+                                       longest=timeouts.GIVEN_BACK_LONGEST)
+        log.info("QEMU gave back %d MiB of its memory in %.1f s", fell >> 20, waited)
 
     def _resume_vm(self) -> None:
         assert self.driver is not None

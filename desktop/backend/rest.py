@@ -6,7 +6,10 @@ none opened, and no control request that needs the guest. Then the guest's vCPUs
 paused (QMP `stop`, Hyper-V's Suspend-VM): the host spends nothing on it but its memory,
 and of that less: just before the pause the guest drops its clean page cache and compacts
 what is free (the agent's `release_memory`), and free page reporting hands those pages to
-the host, whose QEMU discards them.
+the host, whose QEMU discards them. The kernel reports in passes 2 s apart, each of a few
+hundred MiB at most (its budget per free list), so a large cache takes several: the
+pause waits until the hypervisor process's resident memory has stopped falling
+(`wait_given_back`), or the VM would rest holding what it had not reported yet.
 The first use wakes it before it is served, never refused: a connection to the engine
 socket or to a published port, a control request that needs the guest (`wake`,
 `cove shell`, logs, stop). The clock is
@@ -41,6 +44,32 @@ CHECK_EVERY = 5.0  # seconds between idle checks (shorter when the idle time is)
 # No rest this soon after any request, a passive one too: its answer may still be on
 # its way, and a VM paused under it would hold it until the next wake.
 REQUEST_GRACE = 5.0
+GIVEN_BACK_STEP = 1 << 20  # a fall of less is QEMU's own noise, not pages given back
+
+
+def wait_given_back(rss: Callable[[], int | None], go_on: Callable[[], bool],
+                    quiet: float, longest: float, every: float = 0.5,
+                    clock: Callable[[], float] = time.monotonic,
+                    sleep: Callable[[float], None] = time.sleep) -> tuple[int, float]:
+    """Wait while the hypervisor process's resident memory (`rss()`, bytes; None when it
+    cannot be read) keeps falling: until it has not fallen for `quiet` seconds, `longest`
+    seconds in all, or `go_on()` says no (a use came). (bytes it fell, seconds waited)."""
+    t0 = clock()
+    first = rss()
+    if first is None:
+        return 0, 0.0
+    low, low_at = first, t0
+    while go_on():
+        now = clock()
+        if now - low_at >= quiet or now - t0 >= longest:
+            break
+        sleep(every)
+        got = rss()
+        if got is None:
+            break
+        if got <= low - GIVEN_BACK_STEP:
+            low, low_at = got, clock()
+    return first - low, clock() - t0
 
 
 class Connection:
@@ -201,9 +230,7 @@ class ResourceSaver:
         # below then find it and the VM stays awake.
         self._prepare()
         with self._lock:
-            now = time.monotonic()
-            if self._open or now - self._last_use < idle_for or self.resting or \
-                    now - self._last_request < min(REQUEST_GRACE, idle_for):
+            if not self.still_idle():
                 return False
             try:
                 self._pause()
@@ -216,6 +243,15 @@ class ResourceSaver:
         log.info("the VM rests: idle for %.1f min, no container running", self.minutes)
         self._on_rest(self.minutes)
         return True
+
+    def still_idle(self) -> bool:
+        """Whether nothing has used the VM since it was found idle (for `prepare`, which
+        stops waiting once something has)."""
+        idle_for = self.minutes * 60
+        now = time.monotonic()
+        return not (self._open or self.resting or not self._enabled or self.minutes <= 0
+                    or now - self._last_use < idle_for
+                    or now - self._last_request < min(REQUEST_GRACE, idle_for))
 
     def status(self) -> dict[str, Any]:
         return {"minutes": self.minutes, "resting": self.resting, "wakes": self.wakes,

@@ -6,3 +6,8 @@ ENGINE_TIMEOUT = 180.0  # hello to the engine answering
 TIME_PUSH_INTERVAL = 10.0
 STOP_AGENT_TIMEOUT = 90.0  # the agent stops containers with their own timeouts
 STOP_ACPI_TIMEOUT = 20.0
+# Before the VM rests, while QEMU's memory keeps falling: the guest's kernel reports free
+# pages in passes 2 s apart while some are left, so memory that has not fallen for longer
+# is all given back; the kernel's own aim is all of an idle guest's pages in about 30 s.
+GIVEN_BACK_QUIET = 3.0
+GIVEN_BACK_LONGEST = 30.0

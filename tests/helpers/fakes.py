@@ -194,6 +194,7 @@ class FakeController:
         self.mount_error = ""  # mount_share answers this error when set
         self.mounted_streams: dict[int, socket.socket] = {}  # the streams "mounted"
         self.published: list[dict[str, Any]] = []  # the ports each new session is told
+        self.on_release_memory: Callable[[], None] = lambda: None  # the guest's reports start
 
     def hello_events(self) -> list[dict[str, Any]]:
         self.hellos += 1
@@ -304,6 +305,7 @@ class FakeController:
                                        "free": 1 << 30}}
 
     def _release_memory(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.on_release_memory()
         return {"ok": True, "result": {"free_before": 1 << 30, "free_after": 3 << 29}}
 
     _OPS: dict[str, Callable[[FakeController, dict[str, Any]], dict[str, Any]]] = {
@@ -421,6 +423,10 @@ class FakeDriver:
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self.paused = False
+        self.paused_at = 0.0  # monotonic, at the last pause
+        # The hypervisor's process as pid() names it (this test's process when unset): a
+        # test gives a process whose memory falls as QEMU's does when the guest reports.
+        self.process_pid: int | None = None
         self.paused_calls = 0
         self.resumed_calls = 0
         self.refuse_pause = False
@@ -481,6 +487,7 @@ class FakeDriver:
     def pause(self) -> None:
         """The vCPUs stop (recorded; the fake engine can tell, `FakeEngine.vm_paused`)."""
         self.paused_calls += 1
+        self.paused_at = time.monotonic()
         if self.refuse_pause:
             raise DriverError("the fake hypervisor refused to pause")
         self.paused = True
@@ -495,7 +502,9 @@ class FakeDriver:
         return self._off.wait(timeout)
 
     def pid(self) -> int | None:
-        return os.getpid() if self._running else None
+        if not self._running:
+            return None
+        return self.process_pid or os.getpid()
 
     def delete(self, spec: VMSpec) -> None:
         self.deleted.append(spec)

@@ -177,6 +177,7 @@ def make_cove(home: Path, signals: dict[int, Any],
     monkeypatch.setattr(timeouts, "AGENT_TIMEOUT", 10.0)
     monkeypatch.setattr(timeouts, "ENGINE_TIMEOUT", 10.0)
     monkeypatch.setattr(timeouts, "STOP_AGENT_TIMEOUT", 10.0)
+    monkeypatch.setattr(timeouts, "GIVEN_BACK_QUIET", 0.2)  # this process's memory never falls
     monkeypatch.setattr(health, "INTERVAL", 3600.0)  # only the health tests check
     # The host's own sleep signal stays out of the tests (a desktop's logind would
     # reach them); `power_watches` has the callbacks each backend gave.
@@ -1375,6 +1376,54 @@ def test_an_idle_vm_rests_and_a_docker_connection_wakes_it_before_it_is_served(
     assert woke["woke"] == "docker" and woke["wake_seconds"] >= 0
     assert c.wait_for(lambda: len(c.agent_ops("set_time")) > pushes), "no clock push"
     assert c.request("status")["resource_saver"]["wakes"] == 1
+
+
+# A hypervisor's process, as QEMU is to a guest that reports free pages: it holds 80 MiB;
+# told "go" (the guest released its memory), it gives them back 8 MiB every 0.4 s, then
+# prints the monotonic time of its last fall (CLOCK_MONOTONIC: the same in every process).
+_GIVING_BACK = """
+import mmap, sys, time
+held = [mmap.mmap(-1, 8 << 20) for _ in range(10)]
+for m in held:
+    m.write(b"x" * (8 << 20))
+print("ready", flush=True)
+sys.stdin.readline()
+for m in held:
+    time.sleep(0.4)
+    m.close()
+print(time.monotonic(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_vm_rests_only_once_qemus_memory_has_stopped_falling(
+        make_cove: Callable[..., Cove], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest's kernel reports what it freed in passes 2 s apart: a VM paused at the
+    first would hold the rest. The pause waits until QEMU's memory has been still for the
+    quiet time."""
+    monkeypatch.setattr(timeouts, "GIVEN_BACK_QUIET", 1.0)
+    with subprocess.Popen([sys.executable, "-c", _GIVING_BACK], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as qemu:
+        try:
+            assert qemu.stdout is not None and qemu.stdin is not None
+            assert qemu.stdout.readline() == "ready\n"
+            c = make_cove().running()
+            c.driver.process_pid = qemu.pid
+            stdin = qemu.stdin
+
+            def go() -> None:
+                stdin.write("go\n")
+                stdin.flush()
+
+            assert c.driver.agent is not None
+            c.driver.agent.controller.on_release_memory = go
+            c.request("resource_saver", minutes=REST_MINUTES)
+            c.wait_event("resting", timeout=30)
+            last_fall = float(qemu.stdout.readline())
+            assert c.driver.paused_at >= last_fall + 0.9, (c.driver.paused_at, last_fall)
+            assert c.driver.paused_at < last_fall + 10  # and not for the longest time
+        finally:
+            qemu.kill()
 
 
 def test_no_health_check_or_clock_push_reaches_a_resting_vm(
