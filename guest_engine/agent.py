@@ -583,6 +583,7 @@ def main() -> int:
         setup_logging()
         log.info("cove agent %s starting %.2f s after kernel start", __version__,
                  engine.uptime())
+        engine.page_in()  # while the boot's first steps run
         info = boot.BootInfo()
         boot.early(info)
         agent = Agent(info)

@@ -26,6 +26,11 @@ from guest_engine.boot import paths
 log = logging.getLogger(__name__)
 
 CONTAINERD_SOCK = "/run/containerd/containerd.sock"
+# The engine's two large programs (dockerd 94 MB, containerd 54 MB). Read cold from the
+# compressed root they cost seconds of the start under emulation (measured in the guest:
+# 4.9 s and 2.8 s), so the agent reads them on a thread while it does the boot's first
+# steps (`page_in`), and they run from the page cache.
+PROGRAMS = ("/usr/bin/containerd", "/usr/sbin/dockerd")
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 LOG_LIMIT = 8 * 2**20  # a log past this size is rotated to <name>.log.1 at (re)start
 BACKOFF = (1, 2, 4, 8, 15, 30)
@@ -41,6 +46,23 @@ def _open_log(name: str) -> int:
     except FileNotFoundError:
         pass
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+
+
+def page_in(paths: tuple[str, ...] = PROGRAMS) -> threading.Thread:
+    """Read `paths` into the page cache on a thread (reads release the GIL); a missing
+    one is skipped."""
+    def read() -> None:
+        for path in paths:
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    while f.read(1 << 20):
+                        pass
+            except OSError:
+                pass
+
+    t = threading.Thread(target=read, daemon=True, name="page-in")
+    t.start()
+    return t
 
 
 class Service:

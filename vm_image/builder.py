@@ -543,6 +543,8 @@ def _install_agent(root: Path, key: str) -> None:
     shutil.copy2(HERE / "files/poweroff", poweroff)
     poweroff.chmod(0o755)
     _build_share_guard(root)
+    (root / "etc/containerd").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(HERE / "files/containerd.toml", root / "etc/containerd/config.toml")
     (root / "etc/cove").mkdir(parents=True, exist_ok=True)
     (root / "etc/cove/image.json").write_text(json.dumps({"key": key}))
     (root / "etc/hostname").write_text("cove\n")

@@ -31,6 +31,17 @@ def test_ready_with_versions(cove: Cove) -> None:
     assert 0 < st["agent_start"] < st["engine_ready_at"]
 
 
+def test_containerd_runs_without_the_cri_plugin(cove: Cove) -> None:
+    """Cove's containerd config turns Kubernetes' CRI plugin off (start time, idle
+    wakeups): containerd made no CRI state folder in this boot's /run (a tmpfs), and the
+    engine (its only client) runs."""
+    got = cove.cove("shell", "sh", "-c", "ls /run/containerd; "
+                    "grep disabled_plugins /etc/containerd/config.toml").stdout
+    assert "io.containerd.runtime.v2.task" in got, got  # containerd's own state is there
+    assert "io.containerd.grpc.v1.cri" not in got.split("disabled_plugins")[0], got
+    assert 'disabled_plugins = ["io.containerd.grpc.v1.cri"]' in got, got
+
+
 def test_ping_through_the_relay(cove: Cove) -> None:
     s = _link(cove).open("docker")
     try:

@@ -484,3 +484,15 @@ def test_only_the_other_architectures_emulators_are_kept(tmp_path: Path) -> None
     assert sorted(p.name for p in wrappers.iterdir()) == ["aarch64-binfmt-P", "arm-binfmt-P"]
     assert sorted(p.name for p in confs.iterdir()) == ["qemu-aarch64.conf", "qemu-arm.conf"]
     assert recipe.get_arch("arm64").emulators == ("x86_64", "arm")
+
+
+def test_containerd_runs_without_kubernetes_cri_plugin() -> None:
+    """The guest's containerd config (installed over Debian's) turns the CRI plugin off:
+    dockerd is its only client; the CRI plugin cost start time and idle wakeups."""
+    import tomllib
+
+    from vm_image import builder
+
+    conf = tomllib.loads((builder.HERE / "files/containerd.toml").read_text())
+    assert conf["version"] == 2
+    assert conf["disabled_plugins"] == ["io.containerd.grpc.v1.cri"]
