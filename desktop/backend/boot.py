@@ -168,7 +168,14 @@ class Boot:
             # Software emulation on SMP guests occasionally trips the kernel's live
             # code patching early in boot ("Oops: int3"); a second boot gets past it.
             log.warning("the guest kernel crashed while booting; booting it again")
-            shutil.copyfile(inst.serial_log, inst.path(home.SERIAL_CRASH_LOG))
+            # Moved, not copied: the next boot would keep the crashed one's console as
+            # the previous boot's and lose the one before, which tells why the VM last
+            # stopped (the agent's exit, a power-off).
+            crash = inst.path(home.SERIAL_CRASH_LOG)
+            try:
+                inst.serial_log.replace(crash)
+            except OSError:  # still held open (a Windows pipe reader): a copy then
+                shutil.copyfile(inst.serial_log, crash)
             return False
         raise StartError("the guest agent did not answer " + b.why_not_up())
 

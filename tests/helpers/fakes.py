@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import vm_image
+from desktop import home
 from desktop.drivers import DriverError, VMSpec
 from desktop.drivers.shares import SharedFolder
 from desktop.link.tcp import TcpLink
@@ -458,6 +459,8 @@ class FakeDriver:
         token = config["token"]
         self.tokens.append(token)
         self.closed_ports.append(config.get("private_host_ports"))
+        if spec.serial_log.exists():  # as both real drivers: the previous boot's is kept
+            spec.serial_log.replace(spec.serial_log.with_name(home.SERIAL_PREV_LOG))
         if len(self.started) <= self.crash_boots:
             spec.serial_log.write_text("\n".join(CRASH_SERIAL) + "\n")
             return  # the VM ran for a moment and is off again

@@ -665,6 +665,19 @@ def test_kernel_crash_on_first_boot_boots_again(make_cove: Callable[..., Cove]) 
     assert c.driver.closed_ports == [[40000, 40001], [40002, 40003]]
 
 
+def test_a_crashed_boot_leaves_the_previous_boots_console_as_it_was(
+        make_cove: Callable[..., Cove]) -> None:
+    """The console of the session before (why the VM stopped last) stays serial.prev.log
+    through a crashed boot and its retry; the crash has a file of its own."""
+    c = make_cove(crash_boots=1)
+    c.inst.folder.mkdir(parents=True, exist_ok=True)
+    c.inst.serial_log.write_text("cove: the agent exited with status 137\ncove: powering off\n")
+    c.running()
+    prev = (c.inst.folder / "serial.prev.log").read_text()
+    assert "cove: powering off" in prev and "Kernel panic" not in prev
+    assert "Kernel panic - not syncing" in (c.inst.folder / "serial.crash.log").read_text()
+
+
 def test_kernel_crash_twice_is_an_error(make_cove: Callable[..., Cove]) -> None:
     c = make_cove(crash_boots=2).start()
     assert c.join() == 1
