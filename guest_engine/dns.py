@@ -133,6 +133,10 @@ class Forwarder:
         self._up.bind((listen, 0))  # not a wildcard: the port watcher ignores it
         self._pending: dict[int, tuple[int, tuple[str, int], float]] = {}
         self._closed = threading.Event()
+        # close() writes here to end the UDP loop, which otherwise blocks with no timeout
+        # while no query is pending (a timeout would wake the idle VM every second).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._serving = False
         self.queries = 0
         self.local_answers = 0
 
@@ -141,12 +145,19 @@ class Forwarder:
         return self._udp.getsockname()[:2]
 
     def start(self) -> None:
+        self._serving = True
         threading.Thread(target=self._serve_udp, daemon=True, name="dns-udp").start()
         threading.Thread(target=self._serve_tcp, daemon=True, name="dns-tcp").start()
 
     def close(self) -> None:
         self._closed.set()
-        for s in (self._udp, self._tcp, self._up):
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        # The UDP loop closes its end when it returns; without a loop, nobody would.
+        ends = [self._udp, self._tcp, self._up, self._wake_w]
+        for s in ends + ([] if self._serving else [self._wake_r]):
             try:
                 s.close()
             except OSError:
@@ -158,13 +169,25 @@ class Forwarder:
         sel = selectors.DefaultSelector()
         sel.register(self._udp, selectors.EVENT_READ, "client")
         sel.register(self._up, selectors.EVENT_READ, "upstream")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            self._udp_loop(sel)
+        finally:
+            sel.close()
+            self._wake_r.close()
+
+    def _udp_loop(self, sel: selectors.BaseSelector) -> None:
         last_sweep = time.monotonic()
         while not self._closed.is_set():
             try:
-                events = sel.select(1.0)
+                # A query waiting for its upstream is swept after PENDING_SECONDS; with
+                # none waiting there is nothing to do until a datagram comes.
+                events = sel.select(PENDING_SECONDS if self._pending else None)
             except (OSError, ValueError):
                 return
             for key, _ in events:
+                if key.data == "wake":
+                    return
                 try:
                     if key.data == "client":
                         msg, addr = self._udp.recvfrom(65535)

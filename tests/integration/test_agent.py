@@ -42,6 +42,20 @@ def test_containerd_runs_without_the_cri_plugin(cove: Cove) -> None:
     assert 'disabled_plugins = ["io.containerd.grpc.v1.cri"]' in got, got
 
 
+def test_the_idle_vms_own_timers_are_set_down(cove: Cove) -> None:
+    """What woke an idle VM most is off in the running guest: containerd's garbage
+    collector looks 1000 of its runs apart (not every 0.3 s), collecting after a
+    deletion at once; the kernel folds its memory counters every 10 s, does no
+    proactive compaction and runs no lockup detector."""
+    got = cove.cove("shell", "sh", "-c", "cat /proc/sys/vm/stat_interval "
+                    "/proc/sys/vm/compaction_proactiveness /proc/sys/kernel/watchdog; "
+                    "containerd config dump").stdout
+    assert got.split()[:3] == ["10", "0", "0"], got[:200]
+    gc = got.split('[plugins."io.containerd.gc.v1.scheduler"]', 1)[1].split("[", 1)[0]
+    assert "pause_threshold = 0.001" in gc and "deletion_threshold = 1" in gc, gc
+    assert 'schedule_delay = "100ms"' in gc, gc  # 1.7 reads a duration, not _ms
+
+
 def test_ping_through_the_relay(cove: Cove) -> None:
     s = _link(cove).open("docker")
     try:
@@ -206,3 +220,29 @@ def test_engine_restarts_after_a_crash(cove: Cove) -> None:
     assert seen[:1] == ["degraded"] and seen[-1] == "running", seen
     assert cove.docker("version", "--format", "{{.Server.Version}}").stdout.startswith("26.")
     assert cove.control("agent_status")["restarts"]["dockerd"] >= 1  # type: ignore[index]
+
+
+def test_containerd_killed_is_started_again_and_the_engine_goes_on(
+        cove: Cove, hello_image: str) -> None:
+    """The supervisor sleeps until a daemon exits (it no longer looks every half
+    second): containerd killed is started again at once, dockerd reconnects to it by
+    itself, and the next `docker run` works."""
+    before = cove.control("agent_status")["restarts"]["containerd"]  # type: ignore[index]
+    old = cove.cove("shell", "pidof", "containerd").stdout.split()
+    cove.cove("shell", "sh", "-c", "kill -9 $(pidof containerd)")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = cove.cove("shell", "pidof", "containerd", check=False).stdout.split()
+        if now and now != old:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("containerd was not started again")
+    assert cove.control("agent_status")["restarts"]["containerd"] == before + 1  # type: ignore[index]
+    deadline = time.monotonic() + 120
+    while True:
+        r = cove.docker("run", "--rm", hello_image, "echo", "ok", check=False)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)  # dockerd's reconnect to containerd takes its own back-off
+    assert r.stdout == "ok\n", r.stderr

@@ -559,3 +559,24 @@ def test_the_boot_loads_its_modules_with_three_modprobes(
     assert "hv_sock" in boot.kernel.DEVICE_MODULES and "qemu_fw_cfg" in \
         boot.kernel.DEVICE_MODULES
     assert all(not check for cmd, check in fake_run.calls if cmd[0] == "modprobe")
+
+
+def test_the_boot_sets_the_idle_vms_timers_down(tmp_path: Path) -> None:
+    """The sysctls go where the kernel reads them, the engine's and those that stop an
+    idle VM's own timers (memory counters every 10 s, no proactive compaction, no lockup
+    detector); one that cannot be written is logged and the rest still set."""
+    from guest_engine.boot import kernel
+
+    for key in kernel.SYSCTLS:
+        p = tmp_path / key.replace(".", "/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("old\n")
+    (tmp_path / "kernel/panic").unlink()
+    (tmp_path / "kernel/panic").mkdir()  # a write to it fails
+    kernel.set_sysctls(tmp_path)
+    got = {k: (tmp_path / k.replace(".", "/")).read_text() for k in kernel.SYSCTLS
+           if k != "kernel.panic"}
+    assert got["vm.stat_interval"] == "10"
+    assert got["vm.compaction_proactiveness"] == "0"
+    assert got["kernel.watchdog"] == "0"
+    assert got["net.ipv4.ip_forward"] == "1"

@@ -170,3 +170,53 @@ def test_without_upstreams_other_names_fail_fast() -> None:
         assert (qid, rcode, an) == (9, 2, 0)  # SERVFAIL, at once
     finally:
         fwd.close()
+
+
+def test_the_udp_loop_waits_for_a_datagram_not_a_timer_and_close_ends_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle VM's forwarder must not wake on a timer (it woke every second): with no
+    query waiting for an upstream it blocks with no timeout; with one waiting, until
+    that query is due to be swept; close() ends the loop at once."""
+    import selectors
+    import threading
+    import time
+
+    timeouts: list[float | None] = []
+    real = selectors.DefaultSelector
+
+    class Recording(real):  # type: ignore[valid-type,misc]
+        def select(self, timeout=None):  # type: ignore[no-untyped-def]
+            timeouts.append(timeout)
+            return super().select(timeout)
+
+    monkeypatch.setattr(selectors, "DefaultSelector", Recording)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # an upstream that never answers
+    silent.bind(("127.0.0.1", 0))
+    fwd = dns.Forwarder("127.0.0.1", ["127.0.0.1"], NAMES, port=0,
+                        upstream_port=silent.getsockname()[1])
+    fwd.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not timeouts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert timeouts == [None]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.sendto(query("example.org", qid=3), fwd.address)
+            silent.settimeout(5)
+            assert silent.recv(4096)  # relayed; no answer comes
+        time.sleep(0.2)
+        assert timeouts[-1] == dns.PENDING_SECONDS
+        loop = next(t for t in threading.enumerate() if t.name == "dns-udp")
+    finally:
+        fwd.close()
+        silent.close()
+    loop.join(1)
+    assert not loop.is_alive()
+
+
+def test_a_forwarder_closed_unstarted_leaves_no_socket_open() -> None:
+    fwd = dns.Forwarder("127.0.0.1", [], NAMES, port=0)
+    fwd.close()
+    assert [s.fileno() for s in (fwd._udp, fwd._tcp, fwd._up, fwd._wake_r,
+                                 fwd._wake_w)] == [-1] * 5
