@@ -92,7 +92,8 @@ class Backend:
         self.saver = ResourceSaver(self._pause_vm, self._resume_vm, self._running_containers,
                                    self._rested, self._woke,
                                    minutes=self.settings.resource_saver_minutes,
-                                   prepare=self._release_guest_memory)
+                                   prepare=self._release_guest_memory,
+                                   on_request=self.health.used)
         self.saver.enable(False)  # until the engine runs
         self.health.paused = lambda: self.saver.resting
         # Why the state is degraded ("engine", "link" or "health"): each cause clears

@@ -127,8 +127,10 @@ class ResourceSaver:
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
                  running_containers: Callable[[], int | None],
                  on_rest: Callable[[float], None], on_wake: Callable[[float, str], None],
-                 minutes: float = 0, prepare: Callable[[], None] = lambda: None) -> None:
+                 minutes: float = 0, prepare: Callable[[], None] = lambda: None,
+                 on_request: Callable[[], None] = lambda: None) -> None:
         self._pause, self._resume = pause, resume
+        self._on_request = on_request  # every engine API request, passive ones too
         self._prepare = prepare  # before the pause: the guest gives its free memory back
         self._running_containers = running_containers
         self._on_rest, self._on_wake = on_rest, on_wake
@@ -161,6 +163,7 @@ class ResourceSaver:
 
     def requested(self) -> None:
         self._last_request = time.monotonic()
+        self._on_request()
 
     def wake(self, why: str, use: bool = True) -> None:
         """Make sure the VM runs (resuming it when it rests); with `use`, count this as a

@@ -584,6 +584,32 @@ def test_a_wedged_engine_is_degraded_with_the_reason_then_running_again(
     assert c.request("status")["engine_answered_at"] > answered
 
 
+def test_an_idle_engine_is_checked_less_often_and_a_client_brings_the_checks_back(
+        make_cove: Callable[..., Cove], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each check is a connection to dockerd through the guest link, and at idle they
+    were a third of the VM's wakes: with no client request for IDLE_AFTER the checks
+    come every IDLE_INTERVAL; a client's request brings them back to every INTERVAL,
+    the first at once."""
+    monkeypatch.setattr(health, "INTERVAL", 0.1)
+    monkeypatch.setattr(health, "IDLE_AFTER", 0.6)
+    monkeypatch.setattr(health, "IDLE_INTERVAL", 3600.0)
+    c = make_cove().running()
+
+    def pings() -> int:
+        return sum(r.startswith(b"GET /_ping") for r in c.engine.received)
+
+    time.sleep(1.0)  # past IDLE_AFTER since the start: the checks have slowed
+    idle = pings()
+    time.sleep(1.0)
+    assert pings() <= idle + 1, "an idle engine was still checked every INTERVAL"
+    before = pings()
+    with _unix(c.inst.docker_socket) as s:  # a client (its /_ping is counted too)
+        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        assert _recv_all(s) == HTTP_REPLY
+    time.sleep(0.5)
+    assert pings() >= before + 1 + 3, "the checks did not come back with the client"
+
+
 def test_a_host_wake_sets_the_guest_clock_and_asks_the_engine_at_once(
         make_cove: Callable[..., Cove]) -> None:
     """The platform's wake signal: the clock is pushed and the engine pinged now, not at
