@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ import uuid
 from desktop.control import ControlClient
 from desktop.link.channel import ControlChannel
 from desktop.link.tcp import TcpLink
-from tests.integration.conftest import Cove
+from tests.integration.conftest import Cove, wait_for
 
 
 def _link(cove: Cove) -> TcpLink:
@@ -230,19 +231,17 @@ def test_containerd_killed_is_started_again_and_the_engine_goes_on(
     before = cove.control("agent_status")["restarts"]["containerd"]  # type: ignore[index]
     old = cove.cove("shell", "pidof", "containerd").stdout.split()
     cove.cove("shell", "sh", "-c", "kill -9 $(pidof containerd)")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def restarted() -> bool:
         now = cove.cove("shell", "pidof", "containerd", check=False).stdout.split()
-        if now and now != old:
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError("containerd was not started again")
-    assert cove.control("agent_status")["restarts"]["containerd"] == before + 1  # type: ignore[index]
-    deadline = time.monotonic() + 120
-    while True:
+        return bool(now) and now != old
+
+    def ran() -> subprocess.CompletedProcess | None:
         r = cove.docker("run", "--rm", hello_image, "echo", "ok", check=False)
-        if r.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(2)  # dockerd's reconnect to containerd takes its own back-off
-    assert r.stdout == "ok\n", r.stderr
+        return r if r.returncode == 0 else None
+
+    wait_for("containerd started again", restarted, 60)
+    assert cove.control("agent_status")["restarts"]["containerd"] == before + 1  # type: ignore[index]
+    r = wait_for("docker run after containerd's restart (dockerd reconnects with its own "
+                 "back-off)", ran, 120)
+    assert r.stdout == "ok\n"

@@ -286,9 +286,14 @@ def test_freed_space_goes_back_to_the_hosts_disk(cove: Cove, hello_image: str,
     except AssertionError as e:  # what the agent saw of the disk, for the failure's reader
         agent = cove.control("agent_status")
         disk = agent.get("disk") if isinstance(agent, dict) else agent
-        log = cove.cove("logs", "agent", check=False).stdout[-3000:]
+        # The disk's lines of the agent's log (its clock lines crowd out the rest), and
+        # what the guest's filesystem says is free now.
+        log = "\n".join(ln for ln in cove.cove("logs", "agent", check=False).stdout
+                        .splitlines() if "disk" in ln or "trim" in ln)[-3000:]
+        df = cove.cove("shell", "df", "-B1", "/mnt/data", check=False).stdout
         raise AssertionError(f"{e}; allocated {_allocated(cove)} of written {written}; "
-                             f"the agent's disk: {disk}; its log:\n{log}") from None
+                             f"the agent's disk: {disk}; df: {df}; its disk log:\n{log}"
+                             ) from None
     after = _allocated(cove)
     print(f"qcow2 allocated: before {before / 2**20:.0f} MiB, with 512 MiB written "
           f"{written / 2**20:.0f} MiB, after the delete {after / 2**20:.0f} MiB")

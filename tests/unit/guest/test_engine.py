@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_page_in_reads_each_program_whole_on_a_thread_and_skips_a_missing_one(
     assert engine.PROGRAMS == ("/usr/bin/containerd", "/usr/sbin/dockerd")
 
 
-def _until(cond, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _until(cond: Callable[[], object], seconds: float = 10.0) -> None:
     import time
 
     deadline = time.monotonic() + seconds
