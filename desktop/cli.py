@@ -171,10 +171,12 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     inst = _instance(args)
     t0 = time.monotonic()
-    if not lifecycle.stop_backend(inst):
+    if not lifecycle.stop_backend(inst, save=not args.power_off):
         print(f"Cove ({inst.name}) is not running")
         return 0
-    print(f"Cove ({inst.name}) stopped ({time.monotonic() - t0:.1f} s)")
+    saved = "; its state is saved: the next start resumes it where it was" \
+        if lifecycle.has_saved_state(inst) else ""
+    print(f"Cove ({inst.name}) stopped ({time.monotonic() - t0:.1f} s){saved}")
     return 0
 
 
@@ -196,7 +198,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({**st, "engine": engine, "default_paths": defaults}, indent=2))
         return 0
     print(f"Cove ({st['instance']}): {st['state']}"
-          + (" (its VM still runs without a backend)" if st.get("orphan_pid") else ""))
+          + (" (its VM still runs without a backend)" if st.get("orphan_pid") else "")
+          + (" (its VM's state is saved: `cove start` resumes it)"
+             if st.get("saved_state") else "")
+          + (" (restored from its saved state)" if st.get("restored") else ""))
     if st.get("reason"):
         print(f"  reason:  {st['reason'].splitlines()[0]}")
     rows = [("engine", engine_text), ("version", st.get("engine_version") or "-"),
@@ -717,7 +722,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the VM's architecture, for a new instance (default: this host's)")
     s.add_argument("--no-activate", action="store_true",
                    help="do not make the cove docker context current")
-    add("stop", cmd_stop, "stop Cove (containers are stopped gracefully)")
+    sp = add("stop", cmd_stop, "stop Cove: the VM's state is saved for the next start "
+             "where it can be (no shared folders, QEMU on Linux or macOS), otherwise "
+             "containers are stopped gracefully and the VM shut down")
+    sp.add_argument("--power-off", action="store_true",
+                    help="shut the VM down even where its state could be saved (the next "
+                    "start boots)")
     r = add("restart", cmd_restart, "stop and start Cove")
     r.set_defaults(no_activate=False)
     st = add("status", cmd_status, "show whether Cove runs, and its resources")

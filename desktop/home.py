@@ -51,6 +51,8 @@ TRAY_SOCK = "tray.sock"  # where a second tray says "show" (Unix; a named pipe o
 QMP_SOCK = "qmp.sock"
 QMP_EVENTS_SOCK = "qmp-events.sock"  # the backend's own monitor, for QEMU's events
 QEMU_LOG = "qemu.log"
+SAVED_STATE = "saved.state"  # the stopped VM's saved state (QEMU's migration stream)
+SAVED_MANIFEST = "saved.json"  # what that state is valid with (0600: the link token)
 VM_STATE = "vm.json"  # the running QEMU's pid, start time, link port (an orphan is found)
 
 

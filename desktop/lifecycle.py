@@ -224,15 +224,16 @@ def orphan_pid(inst: Instance) -> int | None:
     return d.find_orphan(inst.folder) if d is not None else None
 
 
-def stop_backend(inst: Instance, timeout: float = 180) -> bool:
+def stop_backend(inst: Instance, timeout: float = 180, save: bool = False) -> bool:
     """Ask the backend to stop (SIGTERM if it does not answer) and wait until it has; a
-    VM whose backend died is stopped as politely. False when nothing was running."""
+    VM whose backend died is stopped as politely. False when nothing was running.
+    `save`: the VM's state is saved for the next start, where the driver can save it."""
     pid = backend_pid(inst)
     if pid is None:
         d = _driver(inst) if inst.exists() else None
         return d is not None and d.stop_orphan(inst.folder) is not None
     try:
-        client(inst).stop()
+        client(inst).stop(save=save)
     except ControlError:
         pidfile.terminate(inst.pid_file)
     deadline = time.monotonic() + timeout
@@ -241,6 +242,11 @@ def stop_backend(inst: Instance, timeout: float = 180) -> bool:
     if pidfile.read_live(inst.pid_file) == pid:
         raise LifecycleError(f"the backend (pid {pid}) did not stop in {timeout:.0f} s")
     return True
+
+
+def has_saved_state(inst: Instance) -> bool:
+    """Whether `cove stop` left a saved VM state for the next start to restore."""
+    return all(inst.path(n).exists() for n in (home.SAVED_STATE, home.SAVED_MANIFEST))
 
 
 def status_of(inst: Instance) -> Status:
@@ -255,6 +261,7 @@ def status_of(inst: Instance) -> Status:
                   "docker_host": endpoints.docker_host(inst), "context": inst.context_name,
                   "engine_version": "", "cpus": s.cpus, "memory": s.memory_mib * MIB,
                   "disk": s.disk_gib * GIB, "arch": s.arch, "accel": "", "uptime": 0}
+    st["saved_state"] = has_saved_state(inst)
     orphan = orphan_pid(inst)
     if orphan is not None:
         st["orphan_pid"] = orphan

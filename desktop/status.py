@@ -53,6 +53,9 @@ class EventKind(StrEnum):
     ORPHAN_STOPPED = "orphan_stopped"  # a VM whose backend died was stopped: pid, message
     DATA_DISK = "data_disk"  # the data disk's fill level changed: level, size, free, message
     HOST_POWER = "host_power"  # the platform said the host sleeps or woke: power, slept
+    # A stop saved the VM's state, or could not; a start restored it, or booted instead:
+    # action ("saved", "not_saved", "restored", "not_restored"), message
+    SAVED_STATE = "saved_state"
 
 
 class PortState:
@@ -76,6 +79,7 @@ class Step(StrEnum):
     ORPHAN = "orphan"  # stopping a VM of this instance whose backend died
     IMAGE = "image"
     DISK = "disk"
+    RESTORE = "restore"  # loading the state `cove stop` saved, instead of a boot
     VM = "vm"
     AGENT = "agent"
     SHARES = "shares"
@@ -87,6 +91,7 @@ STEP_TEXT: dict[str, str] = {
     Step.ORPHAN: "stopping the VM a killed backend left running",
     Step.IMAGE: "checking the guest image",
     Step.DISK: "preparing the data disk",
+    Step.RESTORE: "restoring the saved VM",
     Step.VM: "booting the VM",
     Step.AGENT: "waiting for the guest agent",
     Step.SHARES: "mounting the shared folders",
@@ -144,6 +149,8 @@ class Status(TypedDict, total=False):
     # the guest's share guard programs attached: no set-uid bit reaches a 9p or virtiofs
     # share (empty: not loaded, and those shares are not mounted; see the boot errors)
     share_guard: list[str]
+    restored: bool  # this start loaded the state `cove stop` saved instead of booting
+    saved_state: bool  # stopped: a saved state waits for the next start
 
 
 DISK_LEVELS = ("ok", "low", "full")  # the guest's words for the data disk's fill

@@ -54,6 +54,7 @@ class Boot:
         self.token = ""
         self.disk_blank = False
         self.boot_config: dict[str, Any] = {}
+        self.restoring = False  # the driver has a saved state for this VM
 
     def run(self) -> None:
         """Every step in order; returns early (no error) when a stop was asked for."""
@@ -114,9 +115,19 @@ class Boot:
 
     def write_boot_config(self) -> None:
         """What the guest needs from the host: the link's secret, the engine's config, the
-        shares, whether the data disk is provably blank (only then may it be formatted)."""
+        shares, whether the data disk is provably blank (only then may it be formatted).
+        A VM restored from a saved state read its config at its boot: that one again."""
         b, inst = self.b, self.b.inst
-        assert b.spec is not None
+        assert b.spec is not None and b.driver is not None
+        saved, why = b.driver.saved(b.spec) if not self.restoring else (None, "")
+        if why:
+            self._not_restored(why)
+        config = saved.get("boot_config") if isinstance(saved, dict) else None
+        if isinstance(config, dict) and isinstance(config.get("token"), str):
+            self.restoring, self.token, self.boot_config = True, config["token"], config
+            self._save_boot_config()
+            return
+        self.restoring = False
         self.token = secrets.token_hex(32)
         self.boot_config = {
             "token": self.token, "network": "user",
@@ -133,17 +144,67 @@ class Boot:
         b = self.b
         assert b.driver is not None
         self.boot_config["private_host_ports"] = b.driver.private_host_ports()
+        b.boot_config = self.boot_config
         atomic_write(b.inst.boot_config, json.dumps(self.boot_config), 0o600)  # token: 0600
 
     def boot_vm(self) -> None:
         """Power on and wait for the agent's hello; a guest kernel that crashed while
-        booting (it happens under emulation) is booted once more."""
-        for attempt in (1, 2):
-            if self._boot_once(attempt):
-                break
+        booting (it happens under emulation) is booted once more. A saved state is
+        restored instead where there is one; if that fails, the VM boots."""
+        if self.restoring and not self._restore():
             if self.b.stop_requested():
                 return
+            self.restoring = False
+            self.write_boot_config()  # a boot: a new token, newly picked ports
+        if not self.restoring:
+            for attempt in (1, 2):
+                if self._boot_once(attempt):
+                    break
+                if self.b.stop_requested():
+                    return
         threading.Thread(target=self.b.watch_vm, daemon=True, name="vm-watch").start()
+
+    def _restore(self) -> bool:
+        """Load the saved state and reach its agent (True); False when the VM must boot
+        (the state is gone by then: a state is loaded once)."""
+        b = self.b
+        assert b.driver is not None and b.spec is not None
+        b.set_state(State.STARTING, step=Step.RESTORE)
+        b.driver.watch(b.on_resume)
+        try:
+            b.driver.start(b.spec)
+        except drivers.RestoreError as e:
+            self._not_restored(str(e))
+            return False
+        if self._connect(timeouts.RESTORE_AGENT_TIMEOUT):
+            b.restored = True
+            b.events.emit(EventKind.SAVED_STATE, action="restored",
+                          message="the VM's saved state was restored")
+            return True
+        b.driver.kill()  # the state is already deleted: the disk is as at a power cut
+        if not b.stop_requested():
+            self._not_restored("the restored guest's agent did not answer")
+        return False
+
+    def _not_restored(self, why: str) -> None:
+        log.warning("the saved VM state was not restored (%s); booting instead", why)
+        self.b.events.emit(EventKind.SAVED_STATE, action="not_restored",
+                           message=f"the saved VM state was not restored: {why}; "
+                                   "the VM boots instead")
+
+    def _connect(self, timeout: float) -> bool:
+        """The link and control channel to the VM just started; whether its agent said
+        hello within `timeout`."""
+        b, inst = self.b, self.b.inst
+        assert b.driver is not None
+        if (ssh_at := b.driver.ssh_address()) is not None:
+            ssh.write_config(inst.folder, inst.context_name, ssh_at[1])
+        b.link = b.driver.make_link(self.token)
+        b.channel = ControlChannel(b.link, b.on_agent_event, b.on_link_state)
+        b.set_state(State.STARTING, step=Step.AGENT, accel=b.driver.accel,
+                    accel_notes=b.driver.accel_notes)
+        return b.channel.wait_connect(timeout,
+                                      alive=lambda: b.vm_alive() and not b.stop_requested())
 
     def _boot_once(self, attempt: int) -> bool:
         b, inst = self.b, self.b.inst
@@ -153,14 +214,7 @@ class Boot:
         if attempt > 1:
             self._save_boot_config()
         b.driver.start(b.spec)
-        if (ssh_at := b.driver.ssh_address()) is not None:
-            ssh.write_config(inst.folder, inst.context_name, ssh_at[1])
-        b.link = b.driver.make_link(self.token)
-        b.channel = ControlChannel(b.link, b.on_agent_event, b.on_link_state)
-        b.set_state(State.STARTING, step=Step.AGENT, accel=b.driver.accel,
-                    accel_notes=b.driver.accel_notes)
-        if b.channel.wait_connect(timeouts.AGENT_TIMEOUT,
-                                  alive=lambda: b.vm_alive() and not b.stop_requested()):
+        if self._connect(timeouts.AGENT_TIMEOUT):
             return True
         if b.stop_requested():
             return False

@@ -105,6 +105,9 @@ class Backend:
         self.engine_socket = EngineSocket(instance, lambda: self.link, check, self.saver.use)
         self._stop = threading.Event()
         self._stop_reason = ""
+        self._save_at_stop = False  # a `stop` that asked to save the VM's state
+        self.boot_config: dict[str, Any] = {}  # this boot's, as the guest read it
+        self.restored = False  # this start loaded a saved state instead of booting
         self._failed = False
         self._listeners: list[Listener] = []
         self._released = threading.Event()  # the listeners are being closed
@@ -158,6 +161,7 @@ class Backend:
             "data_disk": dict(self.data_disk),
             "resource_saver": self.saver.status(),
             "share_guard": list(self.agent_hello.get("share_guard") or []),
+            "restored": self.restored,
         }
 
     def shares_pending(self) -> bool:
@@ -305,6 +309,8 @@ class Backend:
         if d is None or d.status() == "stopped":
             return
         self.set_state(State.STOPPING, reason=self._stop_reason)
+        if self._save_at_stop and self._save(d):
+            return
         if self.channel is not None and self.channel.connected.is_set():
             try:
                 self.channel.request("shutdown", timeout=10)
@@ -317,6 +323,31 @@ class Backend:
         if self.channel is not None:
             self.channel.close()
         d.stop(timeouts.STOP_ACPI_TIMEOUT)
+
+    def _save(self, d: Driver) -> bool:
+        """Save the VM's state instead of shutting it down, where the driver can (True:
+        saved, the VM is gone). The guest first writes out what it holds and drops its
+        page cache: the disk is then whole even if the state is later discarded, and
+        the state is smaller."""
+        channel = self.channel
+        if channel is None or not (self.engine_up.is_set() and channel.connected.is_set()):
+            why = "the engine was not running"
+        else:
+            try:
+                channel.request("release_memory", timeout=30)
+                why = d.save({"boot_config": self.boot_config})
+            except (AgentError, LinkError, OSError) as e:
+                why = f"the guest did not write out its data first ({e})"
+        if why:
+            log.info("the VM's state is not saved: %s", why)
+            self.events.emit(EventKind.SAVED_STATE, action="not_saved",
+                             message=f"the VM's state was not saved: {why}")
+            return False
+        if channel is not None:
+            channel.close()
+        self.events.emit(EventKind.SAVED_STATE, action="saved",
+                         message="the VM's state was saved: the next start restores it")
+        return True
 
     # -- what the agent says -----------------------------------------------------------
 
@@ -529,7 +560,8 @@ class Backend:
         return {
             "ping": lambda req: "pong",
             "status": lambda req: self.status(),
-            "stop": lambda req: self._op_stop(str(req.get("reason", "requested"))),
+            "stop": lambda req: self._op_stop(str(req.get("reason", "requested")),
+                                              req.get("save", False)),
             "logs": lambda req: self._agent().request(
                 "logs", name=req.get("name", "dockerd"), lines=int(req.get("lines", 200))),
             "agent_status": lambda req: self._agent().request("status"),
@@ -558,7 +590,12 @@ class Backend:
             raise ControlError(f"index must be a share's number, not {index!r}")
         return self.boot_shares.drop_stream(index)
 
-    def _op_stop(self, reason: str) -> str:
+    def _op_stop(self, reason: str, save: Any = False) -> str:
+        """Stop; with `save`, the VM's state is saved for the next start where the driver
+        can save it (otherwise it shuts down as without)."""
+        if not isinstance(save, bool):
+            raise ControlError(f"stop: save must be true or false, not {save!r}")
+        self._save_at_stop = self._save_at_stop or save
         self.request_stop(reason)
         return "stopping"
 

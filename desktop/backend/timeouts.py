@@ -2,6 +2,7 @@
 shorten them)."""
 
 AGENT_TIMEOUT = 120.0  # power-on to the agent's hello (TCG first boot: ~10 s here)
+RESTORE_AGENT_TIMEOUT = 30.0  # a restored VM's agent runs already: it answers at once
 ENGINE_TIMEOUT = 180.0  # hello to the engine answering
 TIME_PUSH_INTERVAL = 10.0
 STOP_AGENT_TIMEOUT = 90.0  # the agent stops containers with their own timeouts

@@ -56,8 +56,10 @@ class ControlClient:
     def status(self, timeout: float | None = None) -> Status:
         return cast(Status, self.request("status", timeout=timeout))
 
-    def stop(self, reason: str = "requested") -> None:
-        self.request("stop", reason=reason)
+    def stop(self, reason: str = "requested", save: bool = False) -> None:
+        """Ask the backend to stop; `save`: save the VM's state for the next start where
+        it can be saved."""
+        self.request("stop", reason=reason, save=save)
 
     def ports(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.request("ports"))

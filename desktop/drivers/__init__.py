@@ -13,6 +13,7 @@ Exceptions::
 
     DriverError            the VM could not be created, started or stopped; the message
     +-- DiskError          names the problem and the fix
+    +-- RestoreError       a saved state could not be restored (it is gone: boot instead)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from desktop import home
 
@@ -35,6 +36,10 @@ class DriverError(Exception):
 
 class DiskError(DriverError):
     """The data disk is unusable (corrupt, has a backing file, cannot be created)."""
+
+
+class RestoreError(DriverError):
+    """A saved VM state could not be saved or restored; a restore's state is deleted."""
 
 
 @dataclass
@@ -123,7 +128,19 @@ class Driver(Protocol):
         ...
 
     def delete(self, spec: VMSpec) -> None:
-        """Remove the VM's disk and files (after stop)."""
+        """Remove the VM's disk and files (after stop), a saved state with them."""
+        ...
+
+    def save(self, host: dict[str, Any]) -> str:
+        """Save the running VM's whole state and end the VM, keeping `host` (what the
+        backend must hand back unchanged) with it: "" when saved; otherwise why not, and
+        the VM runs on as before."""
+        ...
+
+    def saved(self, spec: VMSpec) -> tuple[dict[str, Any] | None, str]:
+        """Before `start`: the `host` of a saved state that is exactly this VM's (the
+        next `start` then restores it, or raises RestoreError); otherwise None, any saved
+        state deleted, and why (what changed since the save; "" when there was none)."""
         ...
 
     def link_address(self) -> tuple[str, int]:

@@ -289,7 +289,7 @@ class TrayController(QObject):
 
     def _stop_blocking(self) -> bool:
         try:
-            return lifecycle.stop_backend(self.inst, timeout=STOP_TIMEOUT)
+            return lifecycle.stop_backend(self.inst, timeout=STOP_TIMEOUT, save=True)
         except lifecycle.LifecycleError as e:
             raise ControlError(str(e)) from e
 

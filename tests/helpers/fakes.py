@@ -387,6 +387,8 @@ class FakeDriver:
     engine_error     the agent says the engine cannot start, and why (no data disk)
     silent_agent     the VM runs but no agent ever listens
     share_mount_error  the agent fails every "link" share's mount with this message
+    saves            `save` keeps the VM's state (as QEMU with no share does); otherwise
+                     it says why not, as for a VM QEMU cannot migrate
 
     "link" shares appear in the VM under /mnt/host (as on Windows).
     """
@@ -396,8 +398,13 @@ class FakeDriver:
     def __init__(self, engine_sock: Path, *, crash_boots: int = 0,
                  ignore_shutdown: bool = False, never_ready: bool = False,
                  silent_agent: bool = False, power_off_delay: float = 0.1,
-                 share_mount_error: str = "", engine_error: str = "") -> None:
+                 share_mount_error: str = "", engine_error: str = "",
+                 saves: bool = False) -> None:
         self.engine_sock = engine_sock
+        self.saves = saves
+        self.saved_host: dict[str, Any] | None = None  # the state "on disk"
+        self.save_calls: list[dict[str, Any]] = []
+        self.restored = 0  # starts that loaded a saved state
         self.engine_error = engine_error
         self.share_mount_error = share_mount_error
         self.crash_boots = crash_boots
@@ -455,6 +462,9 @@ class FakeDriver:
     def start(self, spec: VMSpec) -> None:
         self.spec = spec
         self.started.append(spec)
+        if getattr(self, "_restoring", False):  # loaded once, then gone (as QEMU's)
+            self._restoring, self.saved_host = False, None
+            self.restored += 1
         config = json.loads(spec.boot_config.read_text())
         token = config["token"]
         self.tokens.append(token)
@@ -509,7 +519,20 @@ class FakeDriver:
             return None
         return self.process_pid or os.getpid()
 
+    def save(self, host: dict[str, Any]) -> str:
+        self.save_calls.append(host)
+        if not self.saves:
+            return "the fake VM cannot be saved"
+        self.saved_host = host
+        self.power_off()
+        return ""
+
+    def saved(self, spec: VMSpec) -> tuple[dict[str, Any] | None, str]:
+        self._restoring = self.saved_host is not None
+        return self.saved_host, ""
+
     def delete(self, spec: VMSpec) -> None:
+        self.saved_host = None
         self.deleted.append(spec)
         spec.data_disk.unlink(missing_ok=True)
 

@@ -42,7 +42,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from desktop import home
 from desktop.drivers import DiskError, DriverError, VMSpec, register
@@ -269,6 +269,13 @@ class HyperVDriver:
         the VM's Default Switch address (`link_address`), which costs a PowerShell run
         to learn, and `desktop.ssh` reaches 127.0.0.1 only."""
         return None
+
+    def save(self, host: dict[str, Any]) -> str:
+        # Hyper-V has saved states of its own (Save-VM); Cove does not use them yet.
+        return "Cove does not save Hyper-V VMs yet"
+
+    def saved(self, spec: VMSpec) -> tuple[dict[str, Any] | None, str]:
+        return None, ""
 
     def private_host_ports(self) -> list[int]:
         return []  # the link is hvsock; nothing of Cove's listens on the host for the VM

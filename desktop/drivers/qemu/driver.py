@@ -24,10 +24,11 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from desktop import home
-from desktop.drivers import DriverError, VMSpec, register
-from desktop.drivers.qemu import orphan, qmp
+from desktop.drivers import DriverError, RestoreError, VMSpec, register
+from desktop.drivers.qemu import orphan, qmp, savedstate
 from desktop.drivers.qemu.accel import probe_accel, qemu_version, too_old_for_hvf
 from desktop.drivers.qemu.command import Endpoint, Forwards, build_command, tcg_tb_mib
 from desktop.drivers.qemu.disk import ensure_disk
@@ -49,6 +50,9 @@ QEMU_BINARIES = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 # Extra user-networking forwards, "tcp:127.0.0.1:HOST-:GUEST" separated by spaces
 # (benchmarks use one as the bare path that published ports are measured against).
 HOSTFWD_ENV = "COVE_QEMU_HOSTFWD"
+# A saved state is written and read by QEMU at disk speed (a 2 GiB VM: a few hundred MiB).
+SAVE_TIMEOUT = 300
+LOAD_TIMEOUT = 300
 
 
 def qmp_socket(spec: VMSpec) -> Path:
@@ -94,6 +98,8 @@ class QemuDriver:
         self._virtiofsd: Virtiofsd | None = None
         self._virtiofsd_looked = False
         self.session: qmp.Session | None = None  # Windows: QEMU's one monitor connection
+        self.launched: list[str] = []  # the running QEMU's command (without -incoming)
+        self._restore: dict[str, Any] | None = None  # the saved state the next start loads
 
     @staticmethod
     def is_root() -> bool:
@@ -159,9 +165,8 @@ class QemuDriver:
         if old:
             raise DriverError(old)
         self.spec = spec
-        if not self.accel:
-            cache = self.accel_cache or spec.folder.parent / "accel.json"
-            self.accel, self.accel_notes = probe_accel(spec, qemu, cache, self.os_name)
+        self._probe(spec, qemu)
+        restoring, self._restore = self._restore is not None, None
         if not self._forwards_picked:
             self.forwards = self.pick_forwards()
         self._forwards_picked = False
@@ -169,7 +174,9 @@ class QemuDriver:
         monitor.unlink(missing_ok=True)
         if spec.serial_log.exists():  # the previous boot's, kept for a post-mortem
             spec.serial_log.replace(spec.serial_log.with_name(home.SERIAL_PREV_LOG))
-        cmd = self.command(spec)
+        cmd = self.launched = self.command(spec)
+        if restoring:  # paused until the state is in and its files are gone
+            cmd = [*cmd, "-S", "-incoming", "defer"]
         self._start_virtiofsd(spec)
         errlog = (spec.folder / home.QEMU_LOG).open("wb")
         log.info("starting QEMU: %s", " ".join(cmd))
@@ -182,6 +189,142 @@ class QemuDriver:
                       [h.pid for h in self.helpers])
         if self.on_resume is not None and self.os_name != "windows":
             qmp.watch_events(spec.folder / home.QMP_EVENTS_SOCK, {"RESUME": self._resumed})
+        if restoring:
+            self._load_state(spec)
+
+    def _probe(self, spec: VMSpec, qemu: str) -> None:
+        if not self.accel:
+            cache = self.accel_cache or spec.folder.parent / "accel.json"
+            self.accel, self.accel_notes = probe_accel(spec, qemu, cache, self.os_name)
+
+    # -- a saved state (savedstate): `cove stop` saves, the next start restores -----------
+
+    def saved(self, spec: VMSpec) -> tuple[dict[str, Any] | None, str]:
+        """The host's part of a saved state the next `start` restores, once the state is
+        found to be exactly this VM's (its command line, its files); (None, why it was
+        deleted) otherwise ("" when there was none)."""
+        self._restore = None
+        manifest, why = savedstate.read(spec.folder)
+        qemu = shutil.which(self.qemu)
+        if manifest is None or qemu is None:
+            if manifest is not None:
+                why = f"{self.qemu} is not found"
+            savedstate.discard(spec.folder, why)
+            return None, why
+        try:
+            fwd = manifest["forwards"]
+            forwards = Forwards(int(fwd["link_port"]), int(fwd["ssh_port"]),
+                                tuple(os.environ.get(HOSTFWD_ENV, "").split()))
+        except (KeyError, TypeError, ValueError):
+            why = "its manifest names no forwarded ports"
+            savedstate.discard(spec.folder, why)
+            return None, why
+        self._probe(spec, qemu)
+        before, self.forwards = self.forwards, forwards
+        why = savedstate.mismatch(manifest, self.command(spec),
+                                  savedstate.watched_files(spec, qemu))
+        if why:
+            self.forwards = before
+            savedstate.discard(spec.folder, why)
+            return None, why
+        self._forwards_picked = True  # the guest's firewall knows these ports
+        self._restore = manifest
+        return manifest["host"], ""
+
+    def _load_state(self, spec: VMSpec) -> None:
+        """Load the saved state into the paused QEMU just started, delete it, run the
+        vCPUs. RestoreError (QEMU ended, the state deleted) when it cannot be loaded."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        try:
+            with (spec.folder / savedstate.STATE).open("rb") as f:
+                r = qmp.command_with_fd(qmp_socket(spec), f.fileno(), "migrate-incoming",
+                                        {"uri": "fd:cove"})
+            if r is None or "error" in r:
+                raise RestoreError(f"QEMU refused the saved state: {_qmp_error(r)}")
+            self._wait_migration(LOAD_TIMEOUT, "loading")
+        except (OSError, RestoreError) as e:
+            self.kill()
+            savedstate.discard(spec.folder, str(e))
+            raise RestoreError(str(e)) from e
+        # Before any vCPU runs: a state is never loaded over a disk it has changed.
+        savedstate.discard(spec.folder)
+        r = self.qmp("cont")
+        if r is None or "error" in r:
+            self.kill()
+            raise RestoreError(f"the restored VM did not run: {_qmp_error(r)}")
+        log.info("the VM's saved state was restored in %.1f s", time.monotonic() - t0)
+
+    def _wait_migration(self, timeout: float, doing: str) -> None:
+        """Until QEMU's migration (either way) completes; RestoreError when it fails,
+        QEMU ends or `timeout` passes."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                err = self._qemu_log_tail()
+                raise RestoreError(f"QEMU ended while {doing} the VM's state: {err}")
+            r = self.qmp("query-migrate")
+            info = r.get("return", {}) if isinstance(r, dict) else {}
+            status = info.get("status") if isinstance(info, dict) else None
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise RestoreError(f"QEMU's migration {status} while {doing} the VM's "
+                                   f"state: {info.get('error-desc', 'no reason given')}")
+            if time.monotonic() > deadline:
+                raise RestoreError(f"{doing} the VM's state took over {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def _qemu_log_tail(self) -> str:
+        if self.spec is None:
+            return ""
+        try:
+            return (self.spec.folder / home.QEMU_LOG).read_text(errors="replace").strip()[-300:]
+        except OSError:
+            return "(no QEMU log)"
+
+    def save(self, host: dict[str, Any]) -> str:
+        """Save the running VM's whole state in its folder and end QEMU, keeping `host`
+        with it for the restore; "" when saved, else why not (the VM then runs on)."""
+        spec = self.spec
+        if spec is None or self.status() == "stopped":
+            return "the VM is not running"
+        why = savedstate.blocked(spec, self.os_name)
+        if why:
+            return why
+        savedstate.discard(spec.folder)
+        t0 = time.monotonic()
+        r = self.qmp("stop")
+        if r is None or "error" in r:
+            return f"QEMU did not pause the VM for the save: {_qmp_error(r)}"
+        try:
+            part = spec.folder / savedstate.PARTIAL
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                r = qmp.command_with_fd(qmp_socket(spec), fd, "migrate", {"uri": "fd:cove"})
+            finally:
+                os.close(fd)
+            if r is None or "error" in r:
+                raise RestoreError(f"QEMU cannot save this VM: {_qmp_error(r)}")
+            self._wait_migration(SAVE_TIMEOUT, "saving")
+        except (OSError, RestoreError) as e:
+            self.qmp("migrate_cancel")
+            savedstate.discard(spec.folder)
+            self.qmp("cont")
+            return str(e)
+        size = part.stat().st_size
+        self.qmp("quit")
+        if not self.wait(15):
+            self.kill()
+        qemu = self.launched[0] if self.launched else self.qemu
+        savedstate.write(spec.folder, self.launched,
+                         {"link_port": self.forwards.link_port,
+                          "ssh_port": self.forwards.ssh_port}, host,
+                         savedstate.watched_files(spec, qemu))
+        log.info("the VM's state was saved (%d MiB) in %.1f s", size >> 20,
+                 time.monotonic() - t0)
+        return ""
 
     def _wait_monitor(self, spec: VMSpec) -> None:
         """Wait until QEMU serves its monitor (or fails: DriverError with its log)."""
@@ -251,13 +394,14 @@ class QemuDriver:
             return "stopped"
         return "running"
 
-    def qmp(self, command: str, timeout: float = 5) -> dict | None:
+    def qmp(self, command: str, timeout: float = 5,
+            arguments: dict[str, Any] | None = None) -> dict | None:
         """Send one QMP command; None when QMP cannot be reached."""
         if self.session is not None:
-            return self.session.execute(command, timeout)
+            return self.session.execute(command, timeout, arguments)
         if self.spec is None or self.os_name == "windows":
             return None  # Windows: no session, no monitor (QEMU serves one client only)
-        return qmp.command(qmp_socket(self.spec), command, timeout)
+        return qmp.command(qmp_socket(self.spec), command, timeout, arguments)
 
     def pause(self) -> None:
         self._vcpus("stop")
@@ -312,6 +456,7 @@ class QemuDriver:
 
     def delete(self, spec: VMSpec) -> None:
         self.kill()
+        savedstate.discard(spec.folder)
         for p in (spec.data_disk, spec.serial_log, qmp_socket(spec)):
             p.unlink(missing_ok=True)
 
@@ -331,6 +476,13 @@ class QemuDriver:
 
     def make_link(self, token: str) -> TcpLink:
         return TcpLink(*self.link_address(), token)
+
+
+def _qmp_error(reply: dict | None) -> str:
+    if reply is None:
+        return "its monitor did not answer"
+    err = reply.get("error")
+    return str(err.get("desc", err)) if isinstance(err, dict) else str(err)
 
 
 def exit_hint(err: str, spec: VMSpec, forwards: Forwards) -> str:

@@ -76,6 +76,12 @@ class Qmp:
             msg["arguments"] = arguments
         self.stream.sendall(json.dumps(msg).encode() + b"\r\n")
 
+    def send_fd(self, name: str, fd: int) -> None:
+        """``getfd``: `fd` goes to QEMU with the command (SCM_RIGHTS; unix sockets only),
+        kept under `name` for one later command of this same connection."""
+        msg = {"execute": "getfd", "arguments": {"fdname": name}}
+        socket.send_fds(self.stream, [json.dumps(msg).encode() + b"\r\n"], [fd])
+
     def reply(self, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """The next ``return`` or ``error``; events before it go to `on_event`."""
         while True:
@@ -99,8 +105,8 @@ class Qmp:
             raise QmpError(f"qmp_capabilities refused: {answer['error']}")
         return greeting
 
-    def execute(self, name: str) -> dict[str, Any]:
-        self.send(name)
+    def execute(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.send(name, arguments)
         return self.reply()
 
     def close(self) -> None:
@@ -124,8 +130,9 @@ def _connect_unix(path: Path | str, timeout: float) -> Qmp:
     return Qmp(s)
 
 
-def command(socket_path: Path | str, name: str, timeout: float = 5) -> dict[str, Any] | None:
-    """Send `name` over the monitor socket and return QEMU's answer; None when QMP cannot
+def _one_connection(socket_path: Path | str, name: str, timeout: float,
+                    talk: Callable[[Qmp], dict[str, Any]]) -> dict[str, Any] | None:
+    """Connect, negotiate, `talk`, hang up: QEMU's last answer, or None when QMP cannot
     be reached."""
     try:
         mon = _connect_unix(socket_path, timeout)
@@ -134,12 +141,34 @@ def command(socket_path: Path | str, name: str, timeout: float = 5) -> dict[str,
         return None
     try:
         mon.handshake(timeout)
-        return mon.execute(name)
+        return talk(mon)
     except OSError as e:  # QmpError, a reset, a timeout
         log.debug("QMP %s failed: %s", name, e)
         return None
     finally:
         mon.close()
+
+
+def command(socket_path: Path | str, name: str, timeout: float = 5,
+            arguments: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Send `name` (with `arguments`) over the monitor socket and return QEMU's answer;
+    None when QMP cannot be reached."""
+    return _one_connection(socket_path, name, timeout,
+                           lambda mon: mon.execute(name, arguments))
+
+
+def command_with_fd(socket_path: Path | str, fd: int, name: str, arguments: dict[str, Any],
+                    timeout: float = 5) -> dict[str, Any] | None:
+    """`name` with `arguments` naming ``fd:cove`` (migrate, migrate-incoming): `fd` is
+    handed to QEMU first, on the same connection; QEMU's answer, or None when QMP cannot
+    be reached. QEMU takes the descriptor over when the command starts."""
+
+    def talk(mon: Qmp) -> dict[str, Any]:
+        mon.send_fd("cove", fd)
+        got = mon.reply()
+        return got if "error" in got else mon.execute(name, arguments)
+
+    return _one_connection(socket_path, name, timeout, talk)
 
 
 def _dispatch(handlers: dict[str, Callable[[], None]], event: dict[str, Any]) -> None:
@@ -221,7 +250,8 @@ class Session:
     def ended(self) -> bool:
         return self._ended.is_set()
 
-    def execute(self, name: str, timeout: float = 5) -> dict[str, Any] | None:
+    def execute(self, name: str, timeout: float = 5,
+                arguments: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """QEMU's answer to `name`; None when the monitor is gone or does not answer."""
         with self._lock:
             if self.ended:
@@ -229,7 +259,7 @@ class Session:
             while not self._replies.empty():  # a late answer to an earlier timeout
                 self._replies.get_nowait()
             try:
-                self._mon.send(name)
+                self._mon.send(name, arguments)
                 return self._replies.get(timeout=timeout)
             except (OSError, queue.Empty) as e:
                 log.debug("QMP %s failed: %s", name, e)

@@ -1607,3 +1607,61 @@ def test_a_control_endpoint_another_program_holds_is_an_error_not_a_traceback(
     assert "control endpoint could not be opened" in ev["reason"]
     assert "end that program and start Cove again" in ev["reason"]
     assert c.driver.started == [] and c.driver.created == []  # nothing booted
+
+
+# -- a stop that saves the VM's state, a start that restores it -----------------------
+
+
+def test_a_stop_that_saves_keeps_the_boot_config_and_the_next_start_restores_it(
+        make_cove: Callable[..., Cove], home: Path) -> None:
+    c = make_cove(saves=True).running()
+    assert c.request("stop", save=True) == "stopping"
+    assert c.join() == 0
+    # Saved, not shut down: the guest wrote out its data first, the agent was not told
+    # to power off, and the state keeps the config the guest read at its boot.
+    assert len(c.agent_ops("release_memory")) == 1
+    assert c.agent_ops("shutdown") == []
+    assert c.driver.save_calls == [{"boot_config": json.loads(c.inst.boot_config.read_text())}]
+    saved = [e for e in c.events() if e["event"] == "saved_state"]
+    assert [e["action"] for e in saved] == ["saved"]
+
+    again = backend.Backend(c.inst, driver=c.driver, image=c.image)
+    t = threading.Thread(target=again.run)
+    t.start()
+    try:
+        assert c.wait_for(lambda: again.state == "running"), again.reason
+        assert c.driver.restored == 1
+        assert again.status()["restored"] is True
+        # The restored guest holds the first boot's token: the same one again.
+        assert c.driver.tokens == [c.driver.tokens[0]] * 2
+        steps = [e.get("step") for e in again.events.history if e["event"] == "starting"]
+        assert "restore" in steps and "vm" not in steps
+    finally:
+        again.request_stop("test")
+        t.join(15)
+    assert not t.is_alive()
+
+
+def test_a_stop_that_cannot_save_shuts_down_as_before_and_says_why(
+        make_cove: Callable[..., Cove]) -> None:
+    c = make_cove(saves=False).running()
+    c.request("stop", save=True)
+    assert c.join() == 0
+    assert len(c.agent_ops("shutdown")) == 1
+    ev = [e for e in c.events() if e["event"] == "saved_state"]
+    assert [e["action"] for e in ev] == ["not_saved"]
+    assert "the fake VM cannot be saved" in ev[0]["message"]
+
+
+def test_a_plain_stop_never_saves(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove(saves=True).running()
+    c.request("stop")
+    assert c.join() == 0
+    assert c.driver.save_calls == [] and len(c.agent_ops("shutdown")) == 1
+
+
+def test_stop_refuses_a_save_that_is_not_true_or_false(make_cove: Callable[..., Cove]) -> None:
+    c = make_cove(saves=True).running()
+    with pytest.raises(ControlError, match="save must be true or false"):
+        c.request("stop", save="yes")
+    assert c.backend.state == "running" and c.driver.save_calls == []
