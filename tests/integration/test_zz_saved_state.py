@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -110,6 +113,60 @@ def test_a_disk_changed_since_the_save_is_booted_not_restored(saver: Cove) -> No
                     "/v/data").stdout.split()[0] == sha
     # The web container was running at the save: the boot found it stopped.
     assert c.docker("inspect", "-f", "{{.State.Running}}", "web").stdout.strip() == "false"
+
+
+def _sha(c: Cove) -> str:
+    return c.docker("run", "--rm", "-v", "kept:/v", "cove-hello", "sha256sum",
+                    "/v/data").stdout.split()[0]
+
+
+def _background(c: Cove, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "desktop", args[0], "--instance",
+                             c.name, *args[1:]], env=c.env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_file(p: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not p.exists():
+        assert proc.poll() is None, f"ended before {p.name} appeared: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no {p.name} in {timeout:.0f} s"
+        time.sleep(0.01)
+
+
+def test_qemu_killed_while_the_state_is_written_loses_nothing_and_the_next_start_boots(
+        saver: Cove) -> None:
+    c = saver
+    sha = _sha(c)
+    qemu = c.status()["qemu_pid"]
+    stop = _background(c, "stop")
+    _wait_file(c.folder / "saved.state.part", stop)
+    os.kill(qemu, signal.SIGKILL)
+    out, _ = stop.communicate(timeout=300)
+    assert stop.returncode == 0, out
+    assert "state is saved" not in out
+    assert not (c.folder / "saved.state").exists()
+    c.cove("start", "--no-activate")
+    assert c.status()["restored"] is False
+    assert _sha(c) == sha  # synced before the save began
+    assert c.docker("run", "--rm", "cove-hello", "echo", "after").stdout == "after\n"
+
+
+def test_the_backend_killed_while_restoring_then_a_start_works(saver: Cove) -> None:
+    c = saver
+    sha = _sha(c)
+    assert "its state is saved" in c.cove("stop").stdout
+    start = _background(c, "start", "--no-activate")
+    _wait_file(c.folder / "vm.json", start)  # QEMU runs: the state is being loaded
+    backend = int((c.folder / "backend.pid").read_text().split()[0])
+    os.kill(backend, signal.SIGKILL)
+    start.communicate(timeout=300)
+    # The next start stops what the killed one left (QEMU paused or the restored VM),
+    # then restores the state if it was never run, or boots.
+    c.cove("start", "--no-activate")
+    assert c.status()["state"] == "running"
+    assert _sha(c) == sha
+    assert c.docker("run", "--rm", "cove-hello", "echo", "after").stdout == "after\n"
 
 
 def test_stop_with_power_off_saves_nothing_and_the_next_start_boots(saver: Cove) -> None:

@@ -84,7 +84,21 @@ def stop(folder: Path, orphan: Orphan) -> str:
     return how
 
 
+# QEMU's run states in which no guest runs to be asked to stop: a saved state being loaded
+# or written, or written (the backend died during a `cove stop` or a restore).
+NOT_RUNNING = ("inmigrate", "prelaunch", "finish-migrate", "postmigrate", "save-vm",
+               "restore-vm")
+
+
 def _stop(folder: Path, orphan: Orphan) -> str:
+    status = _status(orphan)
+    # Paused with a saved state beside it: loaded, never run (the restore deletes the
+    # state before its vCPUs run); running it would change the disk under that state.
+    if status in NOT_RUNNING or (status == "paused" and (folder / home.SAVED_STATE).exists()):
+        if _qmp(orphan, "quit") and _wait(orphan, QUIT_TIMEOUT):
+            return f"was quit (QMP; its guest was not running: {status})"
+    elif status == "paused":  # resting: its agent stops it cleanly once it runs again
+        _qmp(orphan, "cont")
     if _agent_shutdown(folder, orphan) and _wait(orphan, AGENT_TIMEOUT):
         return "was stopped by its agent (containers stopped, data disk unmounted)"
     if _qmp(orphan, "system_powerdown") and _wait(orphan, ACPI_TIMEOUT):
@@ -114,6 +128,15 @@ def _agent_shutdown(folder: Path, orphan: Orphan) -> bool:
         return False
     finally:
         channel.close()
+
+
+def _status(orphan: Orphan) -> str:
+    """QEMU's run state ("running", "paused", "inmigrate"...); "" when QMP cannot say."""
+    if not orphan.qmp or not os.path.exists(orphan.qmp):
+        return ""
+    r = qmp.command(orphan.qmp, "query-status")
+    got = r.get("return") if isinstance(r, dict) else None
+    return str(got.get("status", "")) if isinstance(got, dict) else ""
 
 
 def _qmp(orphan: Orphan, command: str) -> bool:

@@ -175,6 +175,36 @@ def test_stop_when_not_running(cove_home: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out.strip() == "Cove (default) is not running"
 
 
+@pytest.mark.parametrize("argv, save", [(["stop"], True), (["stop", "--power-off"], False),
+                                        (["delete", "--force"], False)])
+def test_stop_asks_for_a_save_and_power_off_or_delete_never(
+        cove_home: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], save: bool) -> None:
+    asked: list[bool] = []
+
+    def stop_backend(inst: instance.Instance, timeout: float = 180,
+                     save: bool = False) -> bool:
+        asked.append(save)
+        return True
+
+    monkeypatch.setattr(lifecycle, "stop_backend", stop_backend)
+    instance.Instance("default").ensure_folder()
+    assert cli.main(argv) == 0
+    assert asked == [save]
+
+
+def test_status_says_a_saved_state_waits(cove_home: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    inst = instance.Instance("default")
+    inst.ensure_folder()
+    for name in ("saved.state", "saved.json"):
+        inst.path(name).write_text("{}")
+    assert cli.main(["status"]) == 0
+    assert "its VM's state is saved: `cove start` resumes it" in capsys.readouterr().out
+    inst.path("saved.json").unlink()  # a stream without its manifest is no saved state
+    assert cli.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["saved_state"] is False
+
+
 def test_delete_missing_instance(cove_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["delete", "--force", "--instance", "nope"]) == 0
     assert "does not exist" in capsys.readouterr().out

@@ -48,7 +48,11 @@ def test_found_while_it_runs_and_only_then(folder: Path, vm: subprocess.Popen) -
     assert orphan.find(folder) is None
 
 
-def test_stopped_by_its_agent_first(folder: Path, vm: subprocess.Popen) -> None:
+@pytest.mark.parametrize("resting", [False, True])
+def test_stopped_by_its_agent_first(folder: Path, vm: subprocess.Popen, resting: bool) -> None:
+    seen: list[str] = []
+    if resting:  # paused: it runs again first, or its guest could not stop itself
+        _monitor(folder / "qmp.sock", "paused", vm, seen)
     engine = FakeEngine(folder / "engine.sock")
     agent = FakeAgent(TOKEN, engine.path, on_shutdown=vm.terminate)
     try:
@@ -59,6 +63,7 @@ def test_stopped_by_its_agent_first(folder: Path, vm: subprocess.Popen) -> None:
         assert agent.controller.ops("shutdown")
         assert vm.wait(5) is not None
         assert not (folder / "vm.json").exists()
+        assert ("cont" in seen) == resting
     finally:
         agent.close()
         engine.close()
@@ -115,3 +120,53 @@ def test_status_asks_no_other_driver_than_qemu_for_an_orphan(
     assert lifecycle.orphan_pid(inst) is None
     assert lifecycle.stop_backend(inst) is False
     assert drivers.pick("qemu").name == "qemu"
+
+
+def _monitor(path: Path, status: str, vm: subprocess.Popen, seen: list[str]) -> None:
+    """QEMU's monitor for the orphan: `status` to query-status, ended by quit."""
+    import socket
+    import threading
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                return
+            f = conn.makefile("rb")
+            conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+            for line in f:
+                name = json.loads(line)["execute"]
+                seen.append(name)
+                reply: dict = {"return": {}}
+                if name == "query-status":
+                    reply = {"return": {"status": status, "running": status == "running"}}
+                conn.sendall(json.dumps(reply).encode() + b"\r\n")
+                if name == "quit":
+                    vm.terminate()
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+@pytest.mark.parametrize("status, saved", [("inmigrate", False), ("postmigrate", False),
+                                           ("paused", True)])
+def test_a_vm_whose_guest_is_not_running_is_quit_at_once(
+        folder: Path, vm: subprocess.Popen, status: str, saved: bool) -> None:
+    """A backend that died while loading or writing a saved state: nothing in the guest
+    runs to stop politely, and a loaded state never run must stay as it was."""
+    seen: list[str] = []
+    _monitor(folder / "qmp.sock", status, vm, seen)
+    if saved:
+        (folder / "saved.state").write_bytes(b"QEVM")
+    (folder / "boot.json").write_text(json.dumps({"token": TOKEN}))
+    orphan.record(folder, vm.pid, 1, folder / "qmp.sock", [])
+    how = orphan.stop(folder, orphan.find(folder))  # type: ignore[arg-type]
+    assert how == f"was quit (QMP; its guest was not running: {status})"
+    assert "cont" not in seen and "system_powerdown" not in seen
+    assert vm.wait(5) is not None
+
