@@ -117,7 +117,7 @@ def run(runs: int) -> tuple[list[Figure], str]:
     with BenchVM() as vm:
         accel = vm.start()["accel"]
         for _ in range(runs):
-            clean_stop.append(_timed(vm, "stop"))
+            clean_stop.append(_timed(vm, "stop", "--power-off"))  # a shutdown, not a save
             clean_start.append(_timed(vm, "start", "--no-activate"))
             for figure, command in ((orphan_start, "start"), (orphan_stop, "stop")):
                 st = _status(vm)

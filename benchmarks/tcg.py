@@ -62,7 +62,7 @@ def run(runs: int) -> tuple[list[Figure], str]:
         build_hello_image(vm.docker, "cove-hello", env=vm.env)
         for i in range(runs):
             for size in sizes if i % 2 == 0 else sizes[::-1]:
-                vm.cli("stop")
+                vm.cli("stop", "--power-off")  # each start a boot
                 vm.env[TB_ENV] = str(size)  # the backend `start` spawns reads it
                 t0 = time.monotonic()
                 st = vm.start("--resource-saver", "0")

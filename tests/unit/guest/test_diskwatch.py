@@ -4,6 +4,7 @@ freed space has settled (the qcow2 file on the host shrinks by as much)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from guest_engine import diskwatch
@@ -11,10 +12,11 @@ from guest_engine.diskwatch import GIB, MIB, DiskWatcher, level
 
 
 class Disk:
-    """statvfs of a filesystem of `size` bytes with `free` bytes free (4 KiB blocks)."""
+    """statvfs of a filesystem of `size` bytes with `free` bytes free (4 KiB blocks);
+    `written` is ext4's count of bytes written since the mount (None: not counted)."""
 
-    def __init__(self, size: int, free: int) -> None:
-        self.size, self.free = size, free
+    def __init__(self, size: int, free: int, written: int | None = None) -> None:
+        self.size, self.free, self.written = size, free, written
 
     def statvfs(self, path: str) -> os.statvfs_result:
         blocks, avail = self.size // 4096, self.free // 4096
@@ -29,7 +31,8 @@ def _watcher(disk: Disk) -> tuple[DiskWatcher, list[dict[str, Any]], list[int]]:
         trims.append(disk.free)
         return "trimmed"
 
-    return DiskWatcher("/mnt/data", events.append, trim, statvfs=disk.statvfs), events, trims
+    return DiskWatcher("/mnt/data", events.append, trim, statvfs=disk.statvfs,
+                       written=lambda path: disk.written), events, trims
 
 
 def test_levels() -> None:
@@ -112,3 +115,47 @@ def test_a_trim_the_host_asks_for_runs_at_once_and_moves_the_marks() -> None:
     w.check()
     w.check()
     assert len(trims) == 1
+
+
+def test_a_volume_written_and_deleted_between_two_checks_is_trimmed_by_the_write_count(
+        ) -> None:
+    """The free space is the same at both checks, but 512 MiB went to the disk (and so
+    into the qcow2 file on the host) between them: that is freed space to trim."""
+    disk = Disk(64 * GIB, 60 * GIB, written=10 * GIB)
+    w, _, trims = _watcher(disk)
+    w.check()  # the marks
+    disk.written += 512 * MIB  # written and synced, then deleted: free as before
+    w.check()
+    assert trims == []  # freed just now: once more to settle
+    w.check()
+    assert trims == [60 * GIB]
+    w.check()
+    assert len(trims) == 1  # nothing written since that trim
+
+
+def test_writes_that_are_still_held_are_not_freed_space() -> None:
+    disk = Disk(64 * GIB, 60 * GIB, written=0)
+    w, _, trims = _watcher(disk)
+    w.check()
+    disk.written += 2 * GIB
+    disk.free -= 2 * GIB  # an image pulled: written and kept
+    w.check()
+    w.check()
+    disk.written += 100 * MIB  # under TRIM_GAIN more, rewritten in place
+    w.check()
+    w.check()
+    assert trims == []
+
+
+def test_the_write_count_comes_from_ext4_for_the_mount(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / squashfs ro 0 0\n/dev/vdb /mnt/data ext4 rw 0 0\n")
+    (tmp_path / "ext4" / "vdb").mkdir(parents=True)
+    (tmp_path / "ext4" / "vdb" / "session_write_kbytes").write_text("524288\n")
+    read = lambda mount: diskwatch.fs_written(  # noqa: E731
+        mount, str(mounts), str(tmp_path / "ext4"))
+    assert read("/mnt/data") == 512 * MIB
+    assert read("/") is None  # not ext4
+    assert read("/mnt/other") is None
+    (tmp_path / "ext4" / "vdb" / "session_write_kbytes").write_text("junk")
+    assert read("/mnt/data") is None

@@ -83,6 +83,7 @@ class FakeUpstream:
         self.tcp.bind(("127.0.0.1", self.port))
         self.tcp.listen(4)
         self.seen: list[bytes] = []
+        self.closed = False
         threading.Thread(target=self._udp, daemon=True).start()
         threading.Thread(target=self._tcp, daemon=True).start()
 
@@ -93,12 +94,17 @@ class FakeUpstream:
                 + struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + socket.inet_aton("192.0.2.7"))
 
     def _udp(self) -> None:
-        while True:
+        while not self.closed:
             try:
                 msg, addr = self.udp.recvfrom(4096)
+                # A datagram that is no query (an empty one: the socket shut down at
+                # close) gets no answer, as from a real server.
+                reply = self.answer(msg)
+            except dns.DNSError:
+                continue
             except OSError:
                 return
-            self.udp.sendto(self.answer(msg), addr)
+            self.udp.sendto(reply, addr)
 
     def _tcp(self) -> None:
         while True:
@@ -113,6 +119,11 @@ class FakeUpstream:
                     conn.sendall(struct.pack("!H", len(r)) + r)
 
     def close(self) -> None:
+        self.closed = True
+        try:  # wakes the thread in recvfrom: a bare close would leave it blocked, bound
+            self.udp.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.udp.close()
         self.tcp.close()
 
